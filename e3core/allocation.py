@@ -1,0 +1,373 @@
+r"""Per-prompt rollout counts under a fixed total budget.
+
+Every allocator maps a batch posterior (see :mod:`e3core.difficulty`) and a :class:`Budget` to
+integer counts :math:`n_i` with :math:`\sum_i n_i = N` and
+:math:`n_\min \le n_i \le n_\max`, in the posterior's prompt order.
+
+* :class:`UniformAllocator`: counts that differ by at most one.
+* :class:`RankAllocator`: the E3 rule (Liao et al., arXiv 2505.18573),
+  :math:`c_i = \lfloor n_\min + (N - B n_\min)\,k_i/\sum_j k_j \rfloor` in the difficulty
+  rank :math:`k_i`, the rounding leftover to the hardest prompts, with :math:`n_\max` a hard cap.
+* :class:`KnapsackAllocator`: maximises :math:`\sum_i E[v(n_i, p_i)]` under the posterior, where
+  :math:`v(n, p) = (1 - p^n - (1-p)^n)\,w(p)` is the chance that a group of :math:`n` holds both a
+  success and a failure (so GRPO gets a non-zero advantage), optionally weighted by Knapsack RL's
+  :math:`w(p) = p(1-p)^2` (arXiv 2509.25849). The marginal gain
+  :math:`E[w(p)(p^n(1-p) + p(1-p)^n)]` falls with :math:`n`, so filling the budget with the
+  largest marginal gains is exactly optimal.
+* :class:`ThompsonAllocator`: the same objective on one posterior draw of every :math:`p_i`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from e3core._validation import check_choice, check_int
+from e3core.difficulty import PosteriorLike
+
+__all__ = [
+    "Allocator",
+    "Budget",
+    "KnapsackAllocator",
+    "RankAllocator",
+    "ThompsonAllocator",
+    "UniformAllocator",
+]
+
+_VALUES = ("mixed", "info_gain")
+# The knapsack builds a [B, n_max - n_min] table of marginal gains; above this many entries it
+# fills the budget by bisection on the gain threshold instead.
+_TABLE_LIMIT = 4_000_000
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The rollout budget of one step.
+
+    Args:
+        total: Total rollouts :math:`N` to spend on the batch (> 0).
+        min_per_prompt: Lower bound :math:`n_\\min \\ge 1` per prompt (2 keeps every group able to
+            produce a non-zero GRPO advantage).
+        max_per_prompt: Optional upper bound :math:`n_\\max \\ge n_\\min` per prompt.
+    """
+
+    total: int
+    min_per_prompt: int = 2
+    max_per_prompt: int | None = None
+
+    def __post_init__(self) -> None:
+        check_int("total", self.total, low=1)
+        check_int("min_per_prompt", self.min_per_prompt, low=1)
+        if self.max_per_prompt is not None:
+            check_int("max_per_prompt", self.max_per_prompt, low=self.min_per_prompt)
+
+    def check(self, num_prompts: int) -> None:
+        """Raise ``ValueError`` unless ``num_prompts`` prompts can share the budget in bounds."""
+        check_int("num_prompts", num_prompts, low=1)
+        if num_prompts * self.min_per_prompt > self.total:
+            raise ValueError(
+                f"budget infeasible: num_prompts={num_prompts} x min_per_prompt="
+                f"{self.min_per_prompt} = {num_prompts * self.min_per_prompt} exceeds "
+                f"total={self.total}"
+            )
+        if self.max_per_prompt is not None and num_prompts * self.max_per_prompt < self.total:
+            raise ValueError(
+                f"budget infeasible: num_prompts={num_prompts} x max_per_prompt="
+                f"{self.max_per_prompt} = {num_prompts * self.max_per_prompt} is below "
+                f"total={self.total}"
+            )
+
+    def cap(self, num_prompts: int) -> int:
+        """The effective per-prompt maximum: ``max_per_prompt`` or what the others leave."""
+        slack = self.total - (num_prompts - 1) * self.min_per_prompt
+        return slack if self.max_per_prompt is None else min(self.max_per_prompt, slack)
+
+
+def _check_inputs(posterior: Any, budget: Any) -> int:
+    if not isinstance(budget, Budget):
+        raise TypeError(f"budget must be a Budget, got {type(budget).__name__}")
+    for member in ("mean", "variance", "moment", "sample", "expected_mixed"):
+        if not hasattr(posterior, member):
+            raise TypeError(
+                f"posterior must provide {member!r} (a Posterior or GridPosterior), "
+                f"got {type(posterior).__name__}"
+            )
+    num = len(posterior)
+    budget.check(num)
+    return num
+
+
+class Allocator:
+    """Base class: ``allocate(posterior, budget, *, rng=None) -> counts`` (int64)."""
+
+    def allocate(
+        self,
+        posterior: PosteriorLike,
+        budget: Budget,
+        *,
+        rng: np.random.Generator | None = None,
+    ) -> np.ndarray:
+        """Counts per prompt, summing to ``budget.total``, inside the budget's bounds."""
+        raise NotImplementedError
+
+
+def _hardest_first(posterior: PosteriorLike) -> np.ndarray:
+    """Positions ordered hardest (lowest mean) first, the more uncertain first among ties."""
+    return np.lexsort((-posterior.variance, posterior.mean))
+
+
+@dataclass(frozen=True)
+class UniformAllocator(Allocator):
+    """Counts :math:`\\lfloor N/B \\rfloor` or :math:`\\lceil N/B \\rceil`: plain GRPO's spend.
+
+    The :math:`N \\bmod B` extra rollouts go to the hardest prompts (lowest posterior mean, the
+    more uncertain among equals), or to random prompts when an ``rng`` is given.
+    """
+
+    def allocate(
+        self,
+        posterior: PosteriorLike,
+        budget: Budget,
+        *,
+        rng: np.random.Generator | None = None,
+    ) -> np.ndarray:
+        """See :class:`Allocator`."""
+        num = _check_inputs(posterior, budget)
+        base, extra = divmod(budget.total, num)
+        counts = np.full(num, base, dtype=np.int64)
+        if extra:
+            if rng is not None:
+                order = rng.permutation(num)
+            else:
+                order = _hardest_first(posterior)
+            counts[order[:extra]] += 1
+        return counts
+
+
+@dataclass(frozen=True)
+class RankAllocator(Allocator):
+    r"""The E3 paper's dynamic rollout rule with a real hard cap.
+
+    With difficulty ranks :math:`k_i \in [0, 1]` (1 = hardest; the posterior's ``rank``, or the
+    within-batch share of easier prompts by posterior mean when it has none):
+
+    .. math::
+        c_i = \min\Bigl(n_\max,\ \Bigl\lfloor n_\min + (N - B\,n_\min)
+              \frac{k_i}{\sum_j k_j}\Bigr\rfloor\Bigr),
+
+    then the leftover :math:`N - \sum_i c_i` tops prompts up to :math:`n_\max` one after another
+    in order of descending :math:`k_i` (Liao et al., arXiv 2505.18573, Sec. 3.1). The paper's
+    code enforces :math:`n_\max` only in that last step, so a skewed batch can give one prompt
+    far more; here the cap always holds. When all ranks are 0 the counts are uniform.
+    """
+
+    def allocate(
+        self,
+        posterior: PosteriorLike,
+        budget: Budget,
+        *,
+        rng: np.random.Generator | None = None,
+    ) -> np.ndarray:
+        """See :class:`Allocator`."""
+        num = _check_inputs(posterior, budget)
+        if posterior.rank is not None:
+            rank = np.asarray(posterior.rank, dtype=np.float64)
+        else:
+            mean = posterior.mean
+            rank = (num - np.searchsorted(np.sort(mean), mean, side="right")) / num
+        total_rank = rank.sum()
+        if total_rank <= 0:
+            return UniformAllocator().allocate(posterior, budget, rng=rng)
+        n_min, cap = budget.min_per_prompt, budget.cap(num)
+        spare = budget.total - num * n_min
+        counts = np.floor(n_min + spare * (rank / total_rank)).astype(np.int64)
+        counts = np.clip(counts, n_min, cap)
+        leftover = budget.total - int(counts.sum())
+        # Stable: among equal ranks, earlier positions first (as the paper's argsort).
+        for pos in np.argsort(-rank, kind="stable"):
+            if leftover <= 0:
+                break
+            add = min(leftover, cap - int(counts[pos]))
+            counts[pos] += add
+            leftover -= add
+        return counts
+
+
+def _marginal_gains(posterior: PosteriorLike, n: np.ndarray, value: str) -> np.ndarray:
+    r"""Gain of the ``(n+1)``-th rollout, :math:`E[w(p)(p^n(1-p) + p(1-p)^n)]`, for ``n >= 1``."""
+    if value == "mixed":
+        return posterior.moment(n, 1.0) + posterior.moment(1.0, n)
+    # w(p) = p (1 - p)^2
+    return posterior.moment(n + 1.0, 3.0) + posterior.moment(2.0, n + 2.0)
+
+
+def _greedy_fill(
+    posterior: PosteriorLike, budget: Budget, value: str, tiebreak: np.ndarray
+) -> np.ndarray:
+    """Start every prompt at ``min`` and spend the rest on the largest marginal gains.
+
+    Gains fall with ``n`` in every row, so the largest ``spare`` entries of the gain table form a
+    prefix of each row and the result is the exact knapsack optimum. Ties go to lower
+    ``tiebreak``, then to earlier positions.
+    """
+    num = len(posterior)
+    n_min, cap = budget.min_per_prompt, budget.cap(num)
+    spare = budget.total - num * n_min
+    counts = np.full(num, n_min, dtype=np.int64)
+    width = cap - n_min
+    if spare == 0 or width == 0:
+        return counts
+    if num * width <= _TABLE_LIMIT:
+        n_grid = n_min + np.arange(width, dtype=np.float64)
+        # table[i, k] = gain of prompt i going from n_min + k to n_min + k + 1 rollouts
+        table = _marginal_gains(_Columns(posterior, width), n_grid[None, :], value)
+        flat = table.ravel()
+        rows = np.repeat(np.arange(num), width)
+        cols = np.tile(np.arange(width), num)
+        order = np.lexsort((cols, tiebreak[rows], -flat))
+        chosen = rows[order[:spare]]
+        counts += np.bincount(chosen, minlength=num)
+        return counts
+    return _bisect_fill(posterior, budget, value, tiebreak)
+
+
+class _Columns:
+    """View of a batch posterior whose moments broadcast over a ``[B, K]`` grid of exponents."""
+
+    def __init__(self, posterior: PosteriorLike, width: int):
+        self._post = posterior
+        self._width = width
+
+    def moment(self, i: Any, j: Any) -> np.ndarray:
+        i_arr = np.broadcast_to(np.asarray(i, dtype=np.float64), (len(self._post), self._width))
+        j_arr = np.broadcast_to(np.asarray(j, dtype=np.float64), (len(self._post), self._width))
+        cols = [self._post.moment(i_arr[:, k], j_arr[:, k]) for k in range(self._width)]
+        return np.stack(cols, axis=1)
+
+
+def _bisect_fill(
+    posterior: PosteriorLike, budget: Budget, value: str, tiebreak: np.ndarray
+) -> np.ndarray:
+    """Greedy optimum for very wide bounds: bisect on the gain threshold, count per row."""
+    num = len(posterior)
+    n_min, cap = budget.min_per_prompt, budget.cap(num)
+    spare = budget.total - num * n_min
+
+    def take(threshold: float) -> np.ndarray:
+        # per row, how many steps k in [0, width) have gain >= threshold (gains fall with k)
+        lo = np.zeros(num, dtype=np.int64)
+        hi = np.full(num, cap - n_min, dtype=np.int64)
+        active = lo < hi
+        while active.any():
+            mid = (lo + hi) // 2
+            ok = _marginal_gains(posterior, (n_min + mid).astype(np.float64), value) >= threshold
+            lo = np.where(active & ok, mid + 1, lo)
+            hi = np.where(active & ~ok, mid, hi)
+            active = lo < hi
+        return lo
+
+    low, high = 0.0, 1.0  # take(0) covers every step; no gain exceeds 1
+    for _ in range(200):
+        mid = 0.5 * (low + high)
+        if mid in (low, high):
+            break
+        if take(mid).sum() >= spare:
+            low = mid
+        else:
+            high = mid
+    steps = take(high)
+    remaining = spare - int(steps.sum())
+    if remaining > 0:
+        # entries with gain in [low, high): take the rest in tie-break order
+        more = take(low) - steps
+        order = np.lexsort((np.arange(num), tiebreak))
+        for pos in order:
+            if remaining == 0:
+                break
+            add = min(int(more[pos]), remaining)
+            steps[pos] += add
+            remaining -= add
+    return n_min + steps
+
+
+@dataclass(frozen=True)
+class KnapsackAllocator(Allocator):
+    r"""Exact expected-value knapsack over the posterior.
+
+    Maximises :math:`\sum_i E_{p_i}[v(n_i, p_i)]` subject to the budget, with
+    :math:`v(n,p) = (1 - p^n - (1-p)^n)\,w(p)`, :math:`w = 1` (``value="mixed"``: the expected
+    number of groups with a non-zero GRPO signal) or :math:`w(p) = p(1-p)^2` (``value=
+    "info_gain"``, the Knapsack RL value of arXiv 2509.25849 in expectation rather than at a point
+    estimate). Expectations are closed form, e.g. for a Beta posterior
+    :math:`E[p^a(1-p)^b] = B(\alpha+a, \beta+b)/B(\alpha,\beta)`. Every prompt keeps at least
+    ``min_per_prompt``; ties go to the more uncertain prompt, then to the earlier position.
+
+    Args:
+        value: ``"mixed"`` or ``"info_gain"``.
+    """
+
+    value: str = "mixed"
+
+    def __post_init__(self) -> None:
+        check_choice("value", self.value, _VALUES)
+
+    def allocate(
+        self,
+        posterior: PosteriorLike,
+        budget: Budget,
+        *,
+        rng: np.random.Generator | None = None,
+    ) -> np.ndarray:
+        """See :class:`Allocator`."""
+        _check_inputs(posterior, budget)
+        return _greedy_fill(posterior, budget, self.value, -posterior.variance)
+
+
+class _PointPosterior:
+    """A posterior concentrated on given success rates (moments are plain powers)."""
+
+    rank = None
+
+    def __init__(self, p: np.ndarray):
+        self.p = p
+
+    def __len__(self) -> int:
+        return len(self.p)
+
+    def moment(self, i: Any, j: Any) -> np.ndarray:
+        return np.power(self.p, i) * np.power(1.0 - self.p, j)
+
+
+@dataclass(frozen=True)
+class ThompsonAllocator(Allocator):
+    r"""The knapsack objective on one posterior draw :math:`\tilde p_i \sim P(p_i\mid\text{data})`.
+
+    Maximises :math:`\sum_i v(n_i, \tilde p_i)`; randomisation explores prompts whose rate is
+    uncertain. Needs ``rng`` (randomness only through an explicit generator).
+
+    Args:
+        value: ``"mixed"`` or ``"info_gain"``, as for :class:`KnapsackAllocator`.
+    """
+
+    value: str = "mixed"
+
+    def __post_init__(self) -> None:
+        check_choice("value", self.value, _VALUES)
+
+    def allocate(
+        self,
+        posterior: PosteriorLike,
+        budget: Budget,
+        *,
+        rng: np.random.Generator | None = None,
+    ) -> np.ndarray:
+        """See :class:`Allocator`; ``rng`` is required."""
+        _check_inputs(posterior, budget)
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(
+                f"ThompsonAllocator needs rng=numpy.random.Generator, got {type(rng).__name__}"
+            )
+        draw = _PointPosterior(posterior.sample(rng))
+        return _greedy_fill(draw, budget, self.value, -posterior.variance)  # type: ignore[arg-type]
