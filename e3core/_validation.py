@@ -1,4 +1,4 @@
-"""Shared input checks: every public entry point names the argument, the value and what is allowed."""
+"""Shared input checks: errors name the argument, the value and what is allowed."""
 
 from __future__ import annotations
 

@@ -44,13 +44,13 @@ _TABLE_LIMIT = 4_000_000
 
 @dataclass(frozen=True)
 class Budget:
-    """The rollout budget of one step.
+    r"""The rollout budget of one step.
 
     Args:
         total: Total rollouts :math:`N` to spend on the batch (> 0).
-        min_per_prompt: Lower bound :math:`n_\\min \\ge 1` per prompt (2 keeps every group able to
+        min_per_prompt: Lower bound :math:`n_\min \ge 1` per prompt (2 keeps every group able to
             produce a non-zero GRPO advantage).
-        max_per_prompt: Optional upper bound :math:`n_\\max \\ge n_\\min` per prompt.
+        max_per_prompt: Optional upper bound :math:`n_\max \ge n_\min` per prompt.
     """
 
     total: int
@@ -120,9 +120,9 @@ def _hardest_first(posterior: PosteriorLike) -> np.ndarray:
 
 @dataclass(frozen=True)
 class UniformAllocator(Allocator):
-    """Counts :math:`\\lfloor N/B \\rfloor` or :math:`\\lceil N/B \\rceil`: plain GRPO's spend.
+    r"""Counts :math:`\lfloor N/B \rfloor` or :math:`\lceil N/B \rceil`: plain GRPO's spend.
 
-    The :math:`N \\bmod B` extra rollouts go to the hardest prompts (lowest posterior mean, the
+    The :math:`N \bmod B` extra rollouts go to the hardest prompts (lowest posterior mean, the
     more uncertain among equals), or to random prompts when an ``rng`` is given.
     """
 
@@ -138,10 +138,7 @@ class UniformAllocator(Allocator):
         base, extra = divmod(budget.total, num)
         counts = np.full(num, base, dtype=np.int64)
         if extra:
-            if rng is not None:
-                order = rng.permutation(num)
-            else:
-                order = _hardest_first(posterior)
+            order = rng.permutation(num) if rng is not None else _hardest_first(posterior)
             counts[order[:extra]] += 1
         return counts
 

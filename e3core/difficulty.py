@@ -235,7 +235,7 @@ class GridPosterior:
 
 
 def _log_grid_likelihood(grid: np.ndarray, s: np.ndarray, f: np.ndarray) -> np.ndarray:
-    """``[N, K]`` log of :math:`g^s (1-g)^f` with :math:`0 \\log 0 = 0`."""
+    r"""``[N, K]`` log of :math:`g^s (1-g)^f` with :math:`0 \log 0 = 0`."""
     return special.xlogy(s[:, None], grid[None, :]) + special.xlogy(f[:, None], 1.0 - grid[None, :])
 
 
@@ -301,9 +301,12 @@ class BetaDifficultyTracker:
             if arr is not None and (arr.ndim != 1 or arr.dtype.kind not in "iuUSb"):
                 arr = None
             # numpy turns [1, "1"] into two equal strings: only all-str lists take that path.
-            if arr is not None and arr.dtype.kind in "US":
-                if not all(isinstance(pid, (str, bytes)) for pid in seq):
-                    arr = None
+            if (
+                arr is not None
+                and arr.dtype.kind in "US"
+                and not all(isinstance(pid, (str, bytes)) for pid in seq)
+            ):
+                arr = None
             if arr is None:
                 lookup: dict[Hashable, int] = {}
                 inverse = np.empty(len(seq), dtype=np.int64)

@@ -307,9 +307,12 @@ class E3Scheduler:
         if entropy is not None:
             metrics["e3/entropy"] = float(check_float("entropy", entropy, low=0.0, low_open=True))
         self.step += 1
-        if self.refit_every is not None and self.step % self.refit_every == 0:
-            if len(self.tracker) >= self.refit_min_prompts:
-                self.tracker.fit_prior(self.prior_kind)
+        if (
+            self.refit_every is not None
+            and self.step % self.refit_every == 0
+            and len(self.tracker) >= self.refit_min_prompts
+        ):
+            self.tracker.fit_prior(self.prior_kind)
         if self.steps_per_epoch is not None and self.step % self.steps_per_epoch == 0:
             self.end_epoch()
 

@@ -252,9 +252,9 @@ class PITemperatureController(TemperatureController):
         e_t = \ln\frac{H^*_t}{H_t},\qquad I_t = I_{t-1} + e_t,\qquad
         \ln T_{t+1} = \mathrm{clip}\bigl(\ln T_1 + k_p e_t + k_i I_t\bigr)
 
-    Anti-windup by conditional integration: when the output is at a bound and the error pushes
-    further out, :math:`I` is not increased, so the controller leaves a bound as soon as the
-    error changes sign. On a plant :math:`H \propto T^{\gamma}` (locally,
+    Anti-windup by clamping: when the error pushes the output past a bound, :math:`I` grows only
+    until the output reaches the bound, so the controller leaves a bound as soon as the error
+    changes sign. On a plant :math:`H \propto T^{\gamma}` (locally,
     :math:`\gamma = d\ln H/d\ln T > 0`) the closed loop has characteristic polynomial
     :math:`z^2 + (\gamma(k_p + k_i) - 1)z - \gamma k_p` and is stable, with zero steady-state
     error, when :math:`\gamma k_p < 1` and :math:`\gamma(2k_p + k_i) < 2`; the defaults
@@ -303,11 +303,16 @@ class PITemperatureController(TemperatureController):
             return self.temperature
         base = math.log(self.initial_temperature)
         log_lo, log_hi = math.log(self.min_temperature), math.log(self.max_temperature)
-        candidate = base + self.kp * error + self.ki * (self.integral + error)
-        saturated_high = candidate > log_hi and error > 0
-        saturated_low = candidate < log_lo and error < 0
-        if not (saturated_high or saturated_low):
-            self.integral += error
+        integral = self.integral + error
+        if self.ki > 0:
+            # Clamping anti-windup: integrate only as far as the output reaching the bound.
+            at_hi = (log_hi - base - self.kp * error) / self.ki
+            at_lo = (log_lo - base - self.kp * error) / self.ki
+            if error > 0 and integral > at_hi:
+                integral = max(self.integral, at_hi)
+            elif error < 0 and integral < at_lo:
+                integral = min(self.integral, at_lo)
+        self.integral = integral
         out = base + self.kp * error + self.ki * self.integral
         self.temperature = self._clamp(math.exp(out))
         return self.temperature
