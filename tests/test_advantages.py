@@ -67,8 +67,9 @@ def test_matches_loop_reference_numpy_and_torch(data, opts):
         opts = {**opts, "eps": 1e-6}
     ref = loop_reference(rewards, groups, **opts)
     got_np = group_advantages(np.array(rewards), np.array(groups), **opts)
-    got_t = group_advantages(torch.tensor(rewards, dtype=torch.float64), torch.tensor(groups),
-                             **opts)
+    got_t = group_advantages(
+        torch.tensor(rewards, dtype=torch.float64), torch.tensor(groups), **opts
+    )
     np.testing.assert_allclose(got_np, ref, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(got_t.numpy(), ref, rtol=1e-9, atol=1e-9)
 

@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import numpy as np
@@ -12,8 +13,9 @@ entropies = st.lists(st.floats(0.01, 5.0), min_size=1, max_size=60)
 
 @given(entropies=entropies, vocab=st.integers(1000, 200_000), t0=st.floats(0.6, 1.4))
 def test_e3_rule_matches_loop_reference_when_unbounded(entropies, vocab, t0):
-    ctrl = E3TemperatureController(vocab, initial_temperature=t0, min_temperature=1e-6,
-                                   max_temperature=1e6)
+    ctrl = E3TemperatureController(
+        vocab, initial_temperature=t0, min_temperature=1e-6, max_temperature=1e6
+    )
     denom = math.log(vocab) + math.log(math.log(vocab))
     temp, target = t0, None
     for h in entropies:
@@ -125,7 +127,7 @@ def test_cosine_schedule_values():
 def test_cosine_schedule_is_monotone_and_bounded(steps, eta):
     sched = CosineAnnealedTarget(100, 500, eta)
     values = [sched(s, 1.0) for s in sorted(steps)]
-    assert all(a >= b - 1e-15 for a, b in zip(values, values[1:]))
+    assert all(a >= b - 1e-15 for a, b in itertools.pairwise(values))
     assert all(eta - 1e-15 <= v <= 1.0 for v in values)
 
 
