@@ -35,8 +35,6 @@ as zeros) are in the project's kernel notes; the entropy is the quantity the E3 
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -54,15 +52,6 @@ _NEG_CLAMP = tl.constexpr(NEG_CLAMP)
 #: Warps per program.
 FWD_NUM_WARPS: int = 8
 BWD_NUM_WARPS: int = 8
-
-
-def interpreting() -> bool:
-    """Whether Triton runs in interpreter mode (``TRITON_INTERPRET=1``).
-
-    Returns:
-        ``True`` when the environment variable ``TRITON_INTERPRET`` is ``"1"``.
-    """
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @triton.jit
@@ -154,6 +143,20 @@ def _entropy_bwd_kernel(
         g = -p * (g_ent * (logp_c + ent))
     g = g * inv_t
     tl.store(grad_ptr + row * stride_grad + idx, g.to(grad_ptr.dtype.element_ty), mask=in_vocab)
+
+
+#: Whether the kernels above were built for Triton's interpreter: ``triton.jit`` reads
+#: ``TRITON_INTERPRET`` when it decorates, i.e. when this module is first imported.
+_INTERPRETED: bool = type(_entropy_fwd_kernel).__name__ == "InterpretedFunction"
+
+
+def interpreting() -> bool:
+    """Whether these kernels run in Triton's interpreter (on CPU tensors).
+
+    Returns:
+        ``True`` when ``TRITON_INTERPRET=1`` was set before this module was first imported.
+    """
+    return _INTERPRETED
 
 
 def _tl_acc(dtype: torch.dtype) -> tl.dtype:
