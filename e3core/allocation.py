@@ -20,7 +20,7 @@ integer counts :math:`n_i` with :math:`\sum_i n_i = N` and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -100,7 +100,14 @@ def _check_inputs(posterior: Any, budget: Any) -> int:
 
 
 class Allocator:
-    """Base class: ``allocate(posterior, budget, *, rng=None) -> counts`` (int64)."""
+    """Base class: ``allocate(posterior, budget, *, rng=None) -> counts`` (int64).
+
+    Attributes:
+        uses_rank: Whether the allocator reads ``posterior.rank`` (so callers compute ranks only
+            when they matter: a dataset-wide rank costs a pass over every tracked prompt).
+    """
+
+    uses_rank: ClassVar[bool] = False
 
     def allocate(
         self,
@@ -159,6 +166,8 @@ class RankAllocator(Allocator):
     code enforces :math:`n_\max` only in that last step, so a skewed batch can give one prompt
     far more; here the cap always holds. When all ranks are 0 the counts are uniform.
     """
+
+    uses_rank: ClassVar[bool] = True
 
     def allocate(
         self,

@@ -235,7 +235,9 @@ class E3Scheduler:
         return budget
 
     def posterior(self, prompt_ids: Any) -> Posterior | GridPosterior:
-        """The batch posterior handed to the allocator (with ranks where configured)."""
+        """The batch posterior handed to the allocator (with ranks if it uses them)."""
+        if not getattr(self.allocator, "uses_rank", True):
+            return self.tracker.posterior(prompt_ids)
         if self.rank_by == "mean":
             return self.tracker.posterior(prompt_ids, with_rank=True, rank_by="mean")
         post = self.tracker.posterior(prompt_ids)
