@@ -19,6 +19,7 @@ integer counts :math:`n_i` with :math:`\sum_i n_i = N` and
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -183,7 +184,7 @@ class RankAllocator(Allocator):
         else:
             mean = posterior.mean
             rank = (num - np.searchsorted(np.sort(mean), mean, side="right")) / num
-        total_rank = rank.sum()
+        total_rank = math.fsum(rank)  # exactly rounded, so independent of prompt order
         if total_rank <= 0:
             return UniformAllocator().allocate(posterior, budget, rng=rng)
         n_min, cap = budget.min_per_prompt, budget.cap(num)
