@@ -52,6 +52,8 @@ _NEG_CLAMP = tl.constexpr(NEG_CLAMP)
 #: Warps per program.
 FWD_NUM_WARPS: int = 8
 BWD_NUM_WARPS: int = 8
+#: Software-pipelining stages of the forward's loop over vocabulary blocks.
+FWD_NUM_STAGES: int = 2
 
 
 @triton.jit
@@ -227,6 +229,7 @@ def forward_rows(
         BLOCK_V=_block(v, FWD_BLOCK_V),
         ACC=_tl_acc(x.dtype),
         num_warps=FWD_NUM_WARPS,
+        num_stages=FWD_NUM_STAGES,
     )
     return RowStats(logprobs, entropy, row_max, log_norm)
 
