@@ -155,9 +155,11 @@ def logprobs_and_entropy(
     name = check_backend(backend)
     chunk = check_chunk_size(chunk_size)
     lead, v = x.shape[:-1], x.shape[-1]
-    flat_labels, ignore = check_labels(labels, lead, v, x.device, ignore_index)
+    flat_labels, ignore, bad = check_labels(labels, lead, v, x.device, ignore_index)
     ops = _ops(name, x)
-    logp, ent = LogitsEntropyFunction.apply(x.reshape(-1, v), flat_labels, t, ignore, chunk, ops)
+    logp, ent = LogitsEntropyFunction.apply(
+        x.reshape(-1, v), flat_labels, bad, t, ignore, chunk, ops
+    )
     return logp.reshape(lead), ent.reshape(lead)
 
 
@@ -197,7 +199,7 @@ def entropy_from_logits(
     v = x.shape[-1]
     ops = _ops(name, x)
     _, ent = LogitsEntropyFunction.apply(
-        x.reshape(-1, v), None, t, DEFAULT_IGNORE_INDEX, chunk, ops
+        x.reshape(-1, v), None, None, t, DEFAULT_IGNORE_INDEX, chunk, ops
     )
     return ent.reshape(x.shape[:-1])
 
@@ -266,12 +268,12 @@ def linear_logprobs_and_entropy(
     name = check_backend(backend)
     chunk = check_chunk_size(chunk_size)
     lead, v = h.shape[:-1], w.shape[0]
-    flat_labels, ignore = check_labels(labels, lead, v, h.device, ignore_index)
+    flat_labels, ignore, bad = check_labels(labels, lead, v, h.device, ignore_index)
     if chunk is None:
         budget = LINEAR_CHUNK_ELEMENTS_CPU if h.device.type == "cpu" else LINEAR_CHUNK_ELEMENTS_GPU
         chunk = max(1, budget // v)
     ops = _ops(name, h)
     logp, ent = LinearEntropyFunction.apply(
-        h.reshape(-1, h.shape[-1]).contiguous(), w, flat_labels, t, ignore, chunk, ops
+        h.reshape(-1, h.shape[-1]).contiguous(), w, flat_labels, bad, t, ignore, chunk, ops
     )
     return logp.reshape(lead), ent.reshape(lead)

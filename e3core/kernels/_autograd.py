@@ -11,7 +11,7 @@ from typing import Any, Protocol
 import torch
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from ._common import RowStats, acc_dtype, check_finite_rows
+from ._common import RowStats, acc_dtype, check_outputs
 
 
 class RowOps(Protocol):
@@ -72,6 +72,7 @@ class LogitsEntropyFunction(torch.autograd.Function):
         ctx: FunctionCtx,
         x: torch.Tensor,
         labels: torch.Tensor | None,
+        bad_labels: torch.Tensor | None,
         temperature: float,
         ignore_index: int,
         chunk_size: int | None,
@@ -79,7 +80,7 @@ class LogitsEntropyFunction(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the backend's forward and save ``x`` and the per-row statistics."""
         stats = ops.forward_rows(x, labels, temperature, ignore_index, chunk_size)
-        check_finite_rows(stats.row_max)
+        check_outputs(stats.row_max, labels, bad_labels, x.shape[-1], ignore_index)
         ctx.save_for_backward(x, labels, stats.row_max, stats.log_norm, stats.entropy)
         c: Any = ctx
         c.temperature = temperature
@@ -94,18 +95,18 @@ class LogitsEntropyFunction(torch.autograd.Function):
     @once_differentiable
     def backward(
         ctx: Any, grad_logprobs: torch.Tensor | None, grad_entropy: torch.Tensor | None
-    ) -> tuple[torch.Tensor | None, None, None, None, None, None]:
+    ) -> tuple[torch.Tensor | None, None, None, None, None, None, None]:
         """Recompute the softmax from the saved statistics and return the logits' gradient."""
         x, labels, row_max, log_norm, entropy = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None, None
+            return None, None, None, None, None, None, None
         n = x.shape[0]
         acc = acc_dtype(x.dtype)
         g_ent = _incoming(grad_entropy, n, acc, x.device)
         g_lp = _lp_grad(grad_logprobs, labels, ctx.ignore_index, n, acc, x.device)
         stats = RowStats(entropy, entropy, row_max, log_norm)
         grad = ctx.ops.backward_rows(x, labels, ctx.temperature, stats, g_lp, g_ent, ctx.chunk_size)
-        return grad, None, None, None, None, None
+        return grad, None, None, None, None, None, None
 
 
 class LinearEntropyFunction(torch.autograd.Function):
@@ -117,6 +118,7 @@ class LinearEntropyFunction(torch.autograd.Function):
         hidden: torch.Tensor,
         weight: torch.Tensor,
         labels: torch.Tensor,
+        bad_labels: torch.Tensor,
         temperature: float,
         ignore_index: int,
         token_chunk: int,
@@ -139,7 +141,7 @@ class LinearEntropyFunction(torch.autograd.Function):
         else:
             empty = torch.empty(0, dtype=acc, device=hidden.device)
             stats = RowStats(empty, empty, empty, empty)
-        check_finite_rows(stats.row_max)
+        check_outputs(stats.row_max, labels, bad_labels, weight.shape[0], ignore_index)
         ctx.save_for_backward(hidden, weight, labels, stats.row_max, stats.log_norm, stats.entropy)
         c: Any = ctx
         c.temperature = temperature
@@ -152,12 +154,12 @@ class LinearEntropyFunction(torch.autograd.Function):
     @once_differentiable
     def backward(
         ctx: Any, grad_logprobs: torch.Tensor | None, grad_entropy: torch.Tensor | None
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None, None, None, None]:
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None, None, None, None, None]:
         """Recompute each chunk's logits, form its logits' gradient, and contract it."""
         hidden, weight, labels, row_max, log_norm, entropy = ctx.saved_tensors
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (need_h or need_w):
-            return None, None, None, None, None, None, None
+            return None, None, None, None, None, None, None, None
         n = hidden.shape[0]
         acc = acc_dtype(hidden.dtype)
         g_ent = _incoming(grad_entropy, n, acc, hidden.device)
@@ -187,4 +189,4 @@ class LinearEntropyFunction(torch.autograd.Function):
         grad_w = None
         if grad_w_acc is not None:
             grad_w = grad_w_acc if grad_w_acc.dtype == weight.dtype else grad_w_acc.to(weight.dtype)
-        return grad_h, grad_w, None, None, None, None, None
+        return grad_h, grad_w, None, None, None, None, None, None

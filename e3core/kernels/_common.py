@@ -183,8 +183,12 @@ def check_labels(
     vocab_size: int,
     device: torch.device,
     ignore_index: object,
-) -> tuple[torch.Tensor, int]:
-    """Validate integer labels against the leading shape and the vocabulary.
+) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """Validate integer labels against the leading shape; flag values out of range lazily.
+
+    The range check itself is left on the device (no host synchronisation here): the returned
+    mask is checked by :func:`check_outputs` together with the rows, after the kernel ran, so
+    that a GPU call synchronises once. Both backends treat a flagged label as ignored until then.
 
     Args:
         labels: the value passed by the caller; must have shape ``lead_shape``.
@@ -194,12 +198,12 @@ def check_labels(
         ignore_index: the label value meaning "no label here" (a negative int).
 
     Returns:
-        The labels flattened to int64 ``[N]``, and ``ignore_index`` as an int.
+        The labels flattened to int64 ``[N]``, ``ignore_index`` as an int, and a bool ``[N]``
+        mask of labels that are neither in ``[0, V)`` nor ``ignore_index``.
 
     Raises:
         TypeError: for a non-tensor, a non-integer dtype or a non-integer ``ignore_index``.
-        ValueError: for a wrong shape or device, a label out of range, or a non-negative
-            ``ignore_index``.
+        ValueError: for a wrong shape or device, or a non-negative ``ignore_index``.
     """
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise TypeError(f"ignore_index must be an int; got {ignore_index!r}")
@@ -219,30 +223,45 @@ def check_labels(
     if labels.device != device:
         raise ValueError(f"labels must be on {device}; got {labels.device}")
     flat = labels.reshape(-1).to(torch.int64)
-    if flat.numel() > 0:
-        bad = ((flat < 0) | (flat >= vocab_size)) & (flat != ignore_index)
-        if bool(bad.any()):
-            first = int(flat[bad][0])
-            raise ValueError(
-                f"labels must be in [0, {vocab_size}) or equal ignore_index={ignore_index}; "
-                f"got {first}"
-            )
-    return flat, ignore_index
+    bad = ((flat < 0) | (flat >= vocab_size)) & (flat != ignore_index)
+    return flat, ignore_index, bad
 
 
-def check_finite_rows(row_max: torch.Tensor) -> None:
-    """Raise if some row has every logit equal to ``-inf`` (its softmax is undefined).
+def check_outputs(
+    row_max: torch.Tensor,
+    labels: torch.Tensor | None,
+    bad_labels: torch.Tensor | None,
+    vocab_size: int,
+    ignore_index: int,
+) -> None:
+    """Raise for out-of-range labels or all ``-inf`` rows, with one host synchronisation.
 
     Args:
-        row_max: the per-row maxima of the logits.
+        row_max: the per-row maxima of the logits (``-inf`` for an all ``-inf`` row).
+        labels: the flattened labels, or ``None``.
+        bad_labels: the mask from :func:`check_labels`, or ``None``.
+        vocab_size: ``V``, for the message.
+        ignore_index: for the message.
 
     Raises:
-        ValueError: if some row maximum is ``-inf``.
+        ValueError: if a label is out of range, or some row is all ``-inf``.
     """
-    bad = torch.isneginf(row_max)
-    if row_max.numel() > 0 and bool(bad.any()):
-        first = int(torch.nonzero(bad)[0, 0])
+    if row_max.numel() == 0:
+        return
+    inf_rows = torch.isneginf(row_max)
+    flags = [inf_rows.any()]
+    if bad_labels is not None:
+        flags.append(bad_labels.any())
+    found = torch.stack(flags).tolist()
+    if len(found) > 1 and found[1]:
+        assert labels is not None and bad_labels is not None
+        first = int(labels[bad_labels][0])
         raise ValueError(
-            "logits must have at least one logit > -inf in every row (the softmax of an "
-            f"all -inf row is undefined); row {first} (of the flattened leading dims) is all -inf"
+            f"labels must be in [0, {vocab_size}) or equal ignore_index={ignore_index}; got {first}"
+        )
+    if found[0]:
+        first_row = int(torch.nonzero(inf_rows)[0, 0])
+        raise ValueError(
+            "logits must have at least one logit > -inf in every row (the softmax of an all "
+            f"-inf row is undefined); row {first_row} (of the flattened leading dims) is all -inf"
         )

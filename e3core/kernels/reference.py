@@ -80,7 +80,8 @@ def forward_rows(
         x: logits of shape ``[N, V]`` (fp16, bf16, fp32 or fp64).
         labels: int64 labels of shape ``[N]``, or ``None`` for entropy only (log-probs are then 0).
         temperature: :math:`T > 0`; the distribution is :math:`\mathrm{softmax}(x / T)`.
-        ignore_index: label value whose log-prob is reported as 0.
+        ignore_index: label value whose log-prob is reported as 0 (as is any label outside
+            ``[0, V)``: the public functions reject those after the call).
         chunk_size: rows per chunk; ``None`` picks :func:`default_chunk_rows`.
 
     Returns:
@@ -105,8 +106,9 @@ def forward_rows(
         z = _shifted(xc, m_safe, temperature)  # (x - m) / T, <= 0
         if labels is not None:
             lab = labels[start:stop]
-            valid = lab != ignore_index
-            z_y = z.gather(1, lab.clamp(min=0).unsqueeze(1)).squeeze(1)
+            # out-of-range labels are flagged by the caller; clamp so the gather stays in bounds
+            valid = (lab >= 0) & (lab < v)
+            z_y = z.gather(1, lab.clamp(0, v - 1).unsqueeze(1)).squeeze(1)
         e = torch.exp(z)
         d = e.sum(dim=-1)
         z.clamp_(min=NEG_CLAMP)  # 0 * (-inf) -> 0 for masked entries
@@ -163,7 +165,7 @@ def backward_rows(
         p.mul_(logp).neg_()
         del logp
         if labels is not None and grad_logprobs is not None:
-            lab = labels[start:stop].clamp(min=0).unsqueeze(1)  # ignored rows have g_lp = 0
+            lab = labels[start:stop].clamp(0, v - 1).unsqueeze(1)  # ignored rows have g_lp = 0
             p.scatter_add_(1, lab, grad_logprobs[start:stop].unsqueeze(1))
         p.div_(temperature)
         grad[start:stop] = p
