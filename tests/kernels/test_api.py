@@ -189,3 +189,18 @@ def test_default_chunk_rows() -> None:
     assert reference.default_chunk_rows(151936, torch.device("cpu")) == (1 << 22) // 151936
     assert reference.default_chunk_rows(10, torch.device("cpu")) == (1 << 22) // 10
     assert reference.default_chunk_rows(1 << 30, torch.device("cpu")) == 1
+
+
+def test_bad_label_raises_on_both_backends(backend: str) -> None:
+    from kernel_refs import device_for
+
+    dev = device_for(backend)
+    x = torch.randn(3, 7, device=dev)
+    for bad in (7, -1, 100):
+        y = torch.tensor([0, bad, 6], device=dev)
+        with pytest.raises(ValueError, match=rf"labels must be in \[0, 7\) .* got {bad}"):
+            logprobs_and_entropy(x, y, backend=backend)
+        with pytest.raises(ValueError, match=rf"got {bad}"):
+            linear_logprobs_and_entropy(
+                torch.randn(3, 2, device=dev), torch.randn(7, 2, device=dev), y, backend=backend
+            )
