@@ -99,6 +99,12 @@ def _ops(backend: str, x: torch.Tensor) -> RowOps:
     return cast(RowOps, module)
 
 
+def _check_flag(check_inputs: object) -> bool:
+    if not isinstance(check_inputs, bool):
+        raise TypeError(f"check_inputs must be a bool; got {check_inputs!r}")
+    return check_inputs
+
+
 def logprobs_and_entropy(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -107,6 +113,7 @@ def logprobs_and_entropy(
     backend: str = "auto",
     ignore_index: int = DEFAULT_IGNORE_INDEX,
     chunk_size: int | None = None,
+    check_inputs: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Log-probability of each label and entropy of each row of ``softmax(logits / T)``.
 
@@ -133,6 +140,10 @@ def logprobs_and_entropy(
             :func:`torch.nn.functional.cross_entropy`.
         chunk_size: rows per chunk for the ``"torch"`` backend (default: about 2**22 elements
             per chunk on CPU); the Triton kernels keep only per-row state and ignore it.
+        check_inputs: check the label range and that no row is all ``-inf`` (one host
+            synchronisation per call, after the kernel). ``False`` skips both, for CUDA-graph
+            capture or hot loops whose inputs are known good: a label outside ``[0, V)`` then
+            gets log-prob 0 and an all ``-inf`` row gives NaN.
 
     Returns:
         ``(logprobs, entropy)``, each of shape ``logits.shape[:-1]``, fp32 (fp64 for fp64
@@ -142,7 +153,8 @@ def logprobs_and_entropy(
         TypeError: for non-tensors, unsupported dtypes, non-integer labels or a non-real
             temperature.
         ValueError: for shape, device or range errors, a non-positive temperature, an unknown
-            backend, ``"triton"`` on a CPU tensor without the interpreter, or an all ``-inf`` row.
+            backend, ``"triton"`` on a CPU tensor without the interpreter, or (with
+            ``check_inputs``) a label out of range or an all ``-inf`` row.
         ImportError: for ``backend="triton"`` without triton installed.
 
     Example:
@@ -155,10 +167,11 @@ def logprobs_and_entropy(
     name = check_backend(backend)
     chunk = check_chunk_size(chunk_size)
     lead, v = x.shape[:-1], x.shape[-1]
-    flat_labels, ignore, bad = check_labels(labels, lead, v, x.device, ignore_index)
+    check = _check_flag(check_inputs)
+    flat_labels, ignore, bad = check_labels(labels, lead, v, x.device, ignore_index, check)
     ops = _ops(name, x)
     logp, ent = LogitsEntropyFunction.apply(
-        x.reshape(-1, v), flat_labels, bad, t, ignore, chunk, ops
+        x.reshape(-1, v), flat_labels, bad, t, ignore, chunk, ops, check
     )
     return logp.reshape(lead), ent.reshape(lead)
 
@@ -169,6 +182,7 @@ def entropy_from_logits(
     *,
     backend: str = "auto",
     chunk_size: int | None = None,
+    check_inputs: bool = True,
 ) -> torch.Tensor:
     r"""Entropy of each row of ``softmax(logits / T)``: :math:`H = -\sum_i p_i \log p_i`.
 
@@ -179,6 +193,8 @@ def entropy_from_logits(
         temperature: :math:`T > 0`.
         backend: ``"auto"``, ``"torch"`` or ``"triton"``.
         chunk_size: rows per chunk for the ``"torch"`` backend.
+        check_inputs: check that no row is all ``-inf`` (one host synchronisation per call);
+            see :func:`logprobs_and_entropy`.
 
     Returns:
         The entropy, shape ``logits.shape[:-1]``, fp32 (fp64 for fp64 logits); differentiable.
@@ -199,7 +215,7 @@ def entropy_from_logits(
     v = x.shape[-1]
     ops = _ops(name, x)
     _, ent = LogitsEntropyFunction.apply(
-        x.reshape(-1, v), None, None, t, DEFAULT_IGNORE_INDEX, chunk, ops
+        x.reshape(-1, v), None, None, t, DEFAULT_IGNORE_INDEX, chunk, ops, _check_flag(check_inputs)
     )
     return ent.reshape(x.shape[:-1])
 
@@ -213,6 +229,7 @@ def linear_logprobs_and_entropy(
     backend: str = "auto",
     ignore_index: int = DEFAULT_IGNORE_INDEX,
     chunk_size: int | None = None,
+    check_inputs: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Label log-probs and entropies of ``softmax(hidden @ weight.T / T)``, chunked over tokens.
 
@@ -236,6 +253,8 @@ def linear_logprobs_and_entropy(
         ignore_index: negative label value whose log-prob is 0 and passes no gradient.
         chunk_size: tokens per chunk (default: about 2**22 logits per chunk on CPU, 2**27 on
             GPU).
+        check_inputs: check the label range and the rows (one host synchronisation); see
+            :func:`logprobs_and_entropy`.
 
     Returns:
         ``(logprobs, entropy)`` of shape ``hidden.shape[:-1]``, fp32 (fp64 for fp64 inputs);
@@ -268,12 +287,21 @@ def linear_logprobs_and_entropy(
     name = check_backend(backend)
     chunk = check_chunk_size(chunk_size)
     lead, v = h.shape[:-1], w.shape[0]
-    flat_labels, ignore, bad = check_labels(labels, lead, v, h.device, ignore_index)
+    check = _check_flag(check_inputs)
+    flat_labels, ignore, bad = check_labels(labels, lead, v, h.device, ignore_index, check)
     if chunk is None:
         budget = LINEAR_CHUNK_ELEMENTS_CPU if h.device.type == "cpu" else LINEAR_CHUNK_ELEMENTS_GPU
         chunk = max(1, budget // v)
     ops = _ops(name, h)
     logp, ent = LinearEntropyFunction.apply(
-        h.reshape(-1, h.shape[-1]).contiguous(), w, flat_labels, bad, t, ignore, chunk, ops
+        h.reshape(-1, h.shape[-1]).contiguous(),
+        w,
+        flat_labels,
+        bad,
+        t,
+        ignore,
+        chunk,
+        ops,
+        check,
     )
     return logp.reshape(lead), ent.reshape(lead)

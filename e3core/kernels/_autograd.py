@@ -77,10 +77,12 @@ class LogitsEntropyFunction(torch.autograd.Function):
         ignore_index: int,
         chunk_size: int | None,
         ops: RowOps,
+        check: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the backend's forward and save ``x`` and the per-row statistics."""
         stats = ops.forward_rows(x, labels, temperature, ignore_index, chunk_size)
-        check_outputs(stats.row_max, labels, bad_labels, x.shape[-1], ignore_index)
+        if check:
+            check_outputs(stats.row_max, labels, bad_labels, x.shape[-1], ignore_index)
         ctx.save_for_backward(x, labels, stats.row_max, stats.log_norm, stats.entropy)
         c: Any = ctx
         c.temperature = temperature
@@ -95,18 +97,18 @@ class LogitsEntropyFunction(torch.autograd.Function):
     @once_differentiable
     def backward(
         ctx: Any, grad_logprobs: torch.Tensor | None, grad_entropy: torch.Tensor | None
-    ) -> tuple[torch.Tensor | None, None, None, None, None, None, None]:
+    ) -> tuple[torch.Tensor | None, None, None, None, None, None, None, None]:
         """Recompute the softmax from the saved statistics and return the logits' gradient."""
         x, labels, row_max, log_norm, entropy = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None, None, None
+            return None, None, None, None, None, None, None, None
         n = x.shape[0]
         acc = acc_dtype(x.dtype)
         g_ent = _incoming(grad_entropy, n, acc, x.device)
         g_lp = _lp_grad(grad_logprobs, labels, ctx.ignore_index, n, acc, x.device)
         stats = RowStats(entropy, entropy, row_max, log_norm)
         grad = ctx.ops.backward_rows(x, labels, ctx.temperature, stats, g_lp, g_ent, ctx.chunk_size)
-        return grad, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None
 
 
 class LinearEntropyFunction(torch.autograd.Function):
@@ -123,6 +125,7 @@ class LinearEntropyFunction(torch.autograd.Function):
         ignore_index: int,
         token_chunk: int,
         ops: RowOps,
+        check: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Compute each chunk's logits, reduce them to per-row statistics, drop them."""
         n = hidden.shape[0]
@@ -141,7 +144,8 @@ class LinearEntropyFunction(torch.autograd.Function):
         else:
             empty = torch.empty(0, dtype=acc, device=hidden.device)
             stats = RowStats(empty, empty, empty, empty)
-        check_outputs(stats.row_max, labels, bad_labels, weight.shape[0], ignore_index)
+        if check:
+            check_outputs(stats.row_max, labels, bad_labels, weight.shape[0], ignore_index)
         ctx.save_for_backward(hidden, weight, labels, stats.row_max, stats.log_norm, stats.entropy)
         c: Any = ctx
         c.temperature = temperature
@@ -154,12 +158,12 @@ class LinearEntropyFunction(torch.autograd.Function):
     @once_differentiable
     def backward(
         ctx: Any, grad_logprobs: torch.Tensor | None, grad_entropy: torch.Tensor | None
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None, None, None, None, None]:
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None, None, None, None, None, None]:
         """Recompute each chunk's logits, form its logits' gradient, and contract it."""
         hidden, weight, labels, row_max, log_norm, entropy = ctx.saved_tensors
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (need_h or need_w):
-            return None, None, None, None, None, None, None, None
+            return None, None, None, None, None, None, None, None, None
         n = hidden.shape[0]
         acc = acc_dtype(hidden.dtype)
         g_ent = _incoming(grad_entropy, n, acc, hidden.device)
@@ -189,4 +193,4 @@ class LinearEntropyFunction(torch.autograd.Function):
         grad_w = None
         if grad_w_acc is not None:
             grad_w = grad_w_acc if grad_w_acc.dtype == weight.dtype else grad_w_acc.to(weight.dtype)
-        return grad_h, grad_w, None, None, None, None, None, None
+        return grad_h, grad_w, None, None, None, None, None, None, None

@@ -183,7 +183,8 @@ def check_labels(
     vocab_size: int,
     device: torch.device,
     ignore_index: object,
-) -> tuple[torch.Tensor, int, torch.Tensor]:
+    range_check: bool = True,
+) -> tuple[torch.Tensor, int, torch.Tensor | None]:
     """Validate integer labels against the leading shape; flag values out of range lazily.
 
     The range check itself is left on the device (no host synchronisation here): the returned
@@ -196,10 +197,11 @@ def check_labels(
         vocab_size: ``V``; each label must be in ``[0, V)`` or equal ``ignore_index``.
         device: the device the labels must be on.
         ignore_index: the label value meaning "no label here" (a negative int).
+        range_check: build the out-of-range mask (else return ``None`` for it).
 
     Returns:
         The labels flattened to int64 ``[N]``, ``ignore_index`` as an int, and a bool ``[N]``
-        mask of labels that are neither in ``[0, V)`` nor ``ignore_index``.
+        mask of labels that are neither in ``[0, V)`` nor ``ignore_index`` (or ``None``).
 
     Raises:
         TypeError: for a non-tensor, a non-integer dtype or a non-integer ``ignore_index``.
@@ -223,6 +225,8 @@ def check_labels(
     if labels.device != device:
         raise ValueError(f"labels must be on {device}; got {labels.device}")
     flat = labels.reshape(-1).to(torch.int64)
+    if not range_check:
+        return flat, ignore_index, None
     bad = ((flat < 0) | (flat >= vocab_size)) & (flat != ignore_index)
     return flat, ignore_index, bad
 

@@ -204,3 +204,29 @@ def test_bad_label_raises_on_both_backends(backend: str) -> None:
             linear_logprobs_and_entropy(
                 torch.randn(3, 2, device=dev), torch.randn(7, 2, device=dev), y, backend=backend
             )
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's numpy sees the NaNs
+def test_check_inputs_false_skips_the_checks(backend: str) -> None:
+    from kernel_refs import device_for
+
+    dev = device_for(backend)
+    x = torch.randn(3, 7, device=dev)
+    x[2] = float("-inf")
+    y = torch.tensor([0, 9, 6], device=dev)
+    with pytest.raises(ValueError, match="got 9"):
+        logprobs_and_entropy(x, y, backend=backend)
+    lp, ent = logprobs_and_entropy(x, y, backend=backend, check_inputs=False)
+    assert float(lp[1]) == 0.0 and torch.isfinite(ent[:2]).all()  # out of range: as ignored
+    assert torch.isnan(ent[2])  # all -inf row: undefined
+    assert torch.isnan(entropy_from_logits(x, backend=backend, check_inputs=False)[2])
+    lp2, _ = linear_logprobs_and_entropy(
+        torch.randn(3, 2, device=dev),
+        torch.randn(7, 2, device=dev),
+        y,
+        backend=backend,
+        check_inputs=False,
+    )
+    assert float(lp2[1]) == 0.0
+    with pytest.raises(TypeError, match="check_inputs must be a bool; got 'yes'"):
+        logprobs_and_entropy(x, y, backend=backend, check_inputs="yes")  # type: ignore[arg-type]
