@@ -93,8 +93,9 @@ def _ops(backend: str, x: torch.Tensor) -> RowOps:
     module = _triton_module()
     if x.device.type != "cuda" and not module.interpreting():
         raise ValueError(
-            f"backend='triton' needs a CUDA tensor, or TRITON_INTERPRET=1 set before triton is "
-            f"imported; got a tensor on {x.device}. Allowed: backend='torch' or 'auto' here"
+            f"backend='triton' needs a CUDA tensor, or TRITON_INTERPRET=1 set before the first "
+            f"use of the Triton backend; got a tensor on {x.device}. Allowed here: "
+            f"backend='torch' or 'auto'"
         )
     return cast(RowOps, module)
 

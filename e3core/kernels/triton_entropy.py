@@ -1,8 +1,8 @@
 r"""Fused Triton kernels for per-token entropy and label log-prob (forward and backward).
 
 Imported lazily by :mod:`e3core.kernels` on first use, never by ``import e3core``. On a CPU
-tensor these kernels run only under the Triton interpreter (``TRITON_INTERPRET=1`` set before
-triton is first imported).
+tensor these kernels run only under the Triton interpreter: ``TRITON_INTERPRET=1`` must be set
+before this module is first imported, since ``triton.jit`` reads it when it decorates.
 
 Forward: one program per row streams the vocabulary once in blocks of ``BLOCK_V``, keeping the
 online-softmax state of the row relative to the running maximum :math:`m` of the raw logits
