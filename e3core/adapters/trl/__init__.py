@@ -1,0 +1,5 @@
+"""E3 for TRL's ``GRPOTrainer``: per-prompt rollout counts, temperature control, variable groups.
+
+``python -m e3core.adapters.trl`` runs the embedded demo (or a user's model and dataset).
+This subpackage imports ``trl``; install it with ``pip install "e3core[trl]"``.
+"""
