@@ -17,6 +17,7 @@ from e3core.allocation import (
     UniformAllocator,
 )
 from e3core.difficulty import BetaDifficultyTracker, GridPosterior, Posterior, PosteriorLike
+from e3core.metrics import pass_at_k
 from e3core.scheduler import E3Scheduler, RolloutPlan
 from e3core.temperature import (
     CosineAnnealedTarget,
@@ -47,4 +48,5 @@ __all__ = [
     "__version__",
     "group_advantages",
     "group_loss_weights",
+    "pass_at_k",
 ]
