@@ -301,13 +301,8 @@ class E3Scheduler:
         self.tracker.update(observed, successes[seen], trials[seen])
 
         metrics: dict[str, float] = {}
-        if entropy is not None and self.controller is not None:
-            self.controller.update(entropy)
-            target = self.controller.target_entropy
-            if target is not None:
-                metrics["e3/target_entropy"] = float(target)
         if entropy is not None:
-            metrics["e3/entropy"] = float(check_float("entropy", entropy, low=0.0, low_open=True))
+            metrics.update(self.observe_entropy(entropy))
         self.step += 1
         if (
             self.refit_every is not None
@@ -346,6 +341,32 @@ class E3Scheduler:
             metrics["e3/prior_mass_never"] = float(w[0])
             metrics["e3/prior_mass_always"] = float(w[-1])
             metrics["e3/prior_mean"] = float(w @ grid)
+        return metrics
+
+    def observe_entropy(self, entropy: float) -> dict[str, float]:
+        r"""Feed a mean token entropy to the temperature controller alone.
+
+        For trainers that learn a step's entropy only after its rewards (TRL, verl: the entropy
+        comes out of the policy update that follows generation): call :meth:`observe` with
+        ``entropy=None`` when the rewards arrive, then this once the update has run. The
+        controller then sets :math:`T_{t+1}` from :math:`H_t` exactly as
+        ``observe(..., entropy=H_t)`` would; the tracker and step count are untouched.
+
+        Args:
+            entropy: Mean token entropy (> 0, finite) of the last update's completions at the
+                temperature they were sampled at.
+
+        Returns:
+            ``e3/entropy`` and, once the controller has a target, ``e3/target_entropy``.
+        """
+        value = check_float("entropy", entropy, low=0.0, low_open=True)
+        metrics: dict[str, float] = {}
+        if self.controller is not None:
+            self.controller.update(value)
+            target = self.controller.target_entropy
+            if target is not None:
+                metrics["e3/target_entropy"] = float(target)
+        metrics["e3/entropy"] = float(value)
         return metrics
 
     def end_epoch(self) -> None:

@@ -114,6 +114,34 @@ def test_controller_receives_entropy():
     assert sched.plan([0, 1]).temperature == sched.temperature
 
 
+@settings(max_examples=30)
+@given(
+    entropies=st.lists(st.floats(0.05, 5.0), min_size=1, max_size=8),
+    target=st.floats(0.1, 3.0),
+)
+def test_observe_entropy_later_equals_observe_with_entropy(entropies, target):
+    """Rewards first and entropy after (TRL's order) ends where one combined call ends."""
+    together = E3Scheduler(controller=PITemperatureController(target_entropy=target))
+    split = E3Scheduler(controller=PITemperatureController(target_entropy=target))
+    for step, h in enumerate(entropies):
+        ids, rewards, groups = [step, step + 100], [1.0, 0.0, 0.0], [0, 0, 1]
+        a = together.observe(ids, rewards, groups, entropy=h)
+        split.observe(ids, rewards, groups)
+        b = split.observe_entropy(h)
+        assert b["e3/entropy"] == a["e3/entropy"]
+        assert b["e3/target_entropy"] == a["e3/target_entropy"]
+        assert split.temperature == together.temperature
+    assert split.controller.state_dict() == together.controller.state_dict()
+
+
+def test_observe_entropy_rejects_bad_values():
+    sched = E3Scheduler(refit_every=None)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="entropy"):
+            sched.observe_entropy(bad)
+    assert sched.controller.step == 0
+
+
 def test_refits_switch_to_the_grid_prior():
     sched = E3Scheduler(controller=None, refit_every=2, refit_min_prompts=3)
     run_steps(sched, 1, 0)

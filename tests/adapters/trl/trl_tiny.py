@@ -1,0 +1,72 @@
+"""Tiny models, tokenizers and datasets for the TRL adapter tests (built locally, no hub)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+from datasets import Dataset
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
+CHARS = list("0123456789+=")
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {t: i for i, t in enumerate(SPECIALS + CHARS)}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), "isolated")
+    tk.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        pad_token="<pad>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+    )
+
+
+def tiny_model(seed: int = 0) -> Qwen2ForCausalLM:
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(
+        vocab_size=len(SPECIALS) + len(CHARS),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=32,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return Qwen2ForCausalLM(cfg)
+
+
+def sum_dataset(num: int = 64, seed: int = 0) -> Dataset:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(num):
+        a, b = rng.randint(0, 9), rng.randint(0, 9)
+        rows.append({"prompt": f"{a}+{b}=", "answer": str(a + b)})
+    return Dataset.from_list(rows)
+
+
+def difficulty_reward(prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
+    """Deterministic in (prompt, completion) and spread in difficulty by the first addend.
+
+    Prompts starting with 0-2 are always solved, 7-9 never, the rest depend on the completion.
+    """
+    out = []
+    for p, c in zip(prompts, completions):
+        a = int(p[0])
+        if a <= 2:
+            out.append(1.0)
+        elif a >= 7:
+            out.append(0.0)
+        else:
+            out.append(float((sum(map(ord, c)) + a) % 2 == 0))
+    return out
