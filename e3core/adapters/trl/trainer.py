@@ -62,12 +62,46 @@ SCHEDULER_FILE = "e3_scheduler.pt"
 _TRAIN = "train"
 
 
+def _fused_head_cell(model: torch.nn.Module) -> Any:
+    """The closure cell holding the temperature of TRL's fused LM head on ``model.forward``.
+
+    Wrappers that ``accelerate`` adds around ``forward`` (fp32 output conversion and autocast
+    under mixed precision) are followed through ``__wrapped__`` and callables in their closures.
+    """
+    pending: list[Any] = [model.forward]
+    seen: set[int] = set()
+    while pending:
+        fn = pending.pop()
+        fn = getattr(fn, "__func__", fn)
+        if id(fn) in seen or len(seen) > 32:
+            continue
+        seen.add(id(fn))
+        code = getattr(fn, "__code__", None)
+        closure = getattr(fn, "__closure__", None) or ()
+        names = () if code is None else code.co_freevars
+        if "temperature" in names and "original_forward" in names:
+            return closure[names.index("temperature")]
+        if getattr(fn, "__wrapped__", None) is not None:
+            pending.append(fn.__wrapped__)
+        for cell in closure:
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            if callable(value) and not isinstance(value, torch.nn.Module):
+                pending.append(value)
+    raise RuntimeError(
+        "the model's forward is not TRL's fused LM head (add_fused_lm_head), so its "
+        "temperature cannot be set; e3core's TRL adapter supports trl==1.16"
+    )
+
+
 def set_fused_head_temperature(model: torch.nn.Module, temperature: float) -> None:
     """Set the temperature of the fused LM head TRL patched onto ``model``.
 
     TRL 1.16's ``add_fused_lm_head`` keeps the temperature in the closure of the patched
     ``forward``; the closure cell is rewritten in place, so the model, its optimiser state and
-    any wrapper (DDP, PEFT) stay as they are.
+    any wrapper (DDP, PEFT, accelerate's mixed-precision forward) stay as they are.
 
     Args:
         model: The unwrapped model whose ``forward`` TRL patched.
@@ -77,21 +111,12 @@ def set_fused_head_temperature(model: torch.nn.Module, temperature: float) -> No
         RuntimeError: The model's forward is not TRL's fused head (a TRL version e3core does not
             know).
     """
-    func = getattr(model.forward, "__func__", None)
-    code = getattr(func, "__code__", None)
-    names = () if code is None else code.co_freevars
-    if "temperature" not in names or func.__closure__ is None:
-        raise RuntimeError(
-            "the model's forward is not TRL's fused LM head (add_fused_lm_head), so its "
-            "temperature cannot be set; e3core's TRL adapter supports trl==1.16"
-        )
-    func.__closure__[names.index("temperature")].cell_contents = float(temperature)
+    _fused_head_cell(model).cell_contents = float(temperature)
 
 
 def fused_head_temperature(model: torch.nn.Module) -> float:
     """The temperature in the closure of TRL's fused LM head (see set_fused_head_temperature)."""
-    func = model.forward.__func__
-    return float(func.__closure__[func.__code__.co_freevars.index("temperature")].cell_contents)
+    return float(_fused_head_cell(model).cell_contents)
 
 
 def _allocator(args: E3GRPOConfig) -> Allocator:
