@@ -3,3 +3,8 @@
 ``python -m e3core.adapters.trl`` runs the embedded demo (or a user's model and dataset).
 This subpackage imports ``trl``; install it with ``pip install "e3core[trl]"``.
 """
+
+from e3core.adapters.trl.config import E3GRPOConfig
+from e3core.adapters.trl.trainer import E3GRPOTrainer, build_scheduler
+
+__all__ = ["E3GRPOConfig", "E3GRPOTrainer", "build_scheduler"]
