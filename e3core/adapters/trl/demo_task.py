@@ -4,9 +4,10 @@ Everything here runs on a CPU with no model hub: a character-level tokenizer
 (:func:`build_tokenizer`), a tiny randomly initialised Qwen2 (:func:`build_model`), prompts
 ``"a+b="`` whose answer is the decimal sum (:func:`make_dataset`), the exact-match reward in TRL's
 reward-function signature (:func:`exact_match_reward`), a supervised warm start
-(:func:`warm_start`) that leaves 1-digit sums solved, 3-digit sums half solved and 4-digit sums
-mostly unsolved, and a sampled evaluation reporting pass@1 and pass@k per difficulty bucket
-(:func:`evaluate`, :func:`format_table`, :func:`save_plot`).
+(:func:`warm_start`) that leaves 1-digit sums solved, 2-digit sums mostly solved, 3-digit sums
+anywhere from rarely to mostly solved (it depends on the seed) and 4-digit sums unsolved, and a
+sampled evaluation reporting pass@1 and pass@k per difficulty bucket (:func:`evaluate`,
+:func:`format_table`, :func:`save_plot`).
 
 Difficulty is the digit count :math:`d = \max(\lvert a \rvert, \lvert b \rvert)` of the larger
 addend; the bucket of ``"123+45="`` is ``"3-digit"``. That spread (always solved, mixed, never
@@ -14,8 +15,10 @@ solved) is what E3's per-prompt rollout allocation and entropy control act on (L
 arXiv 2505.18573).
 
 Held out: every unordered pair :math:`\{a, b\}` belongs to exactly one of the ``"train"`` and
-``"eval"`` splits by a fixed hash (one pair in five is ``"eval"``), so the RL training set, the
-supervised warm start and the evaluation set never share a problem, whatever the seeds.
+``"eval"`` splits by a fixed hash (one pair in five is ``"eval"``), so the RL training set and
+the evaluation set never share a problem, whatever the seeds. The supervised warm start also
+draws its problems of two or more digits from the train split only; the 100 one-digit sums are
+too few to hold out and it learns them all, as the "known facts" of the easy bucket.
 
 Tokenization matches TRL: ``GRPOTrainer`` tokenizes a plain-string prompt with
 ``processing_class(text=prompts)``, i.e. with the default special tokens, which for
@@ -75,9 +78,9 @@ ALPHABET = "0123456789+="
 #: Default share of prompts per digit count 1..4 in :func:`make_dataset`: few easy, many mixed,
 #: a hard tail.
 DEFAULT_WEIGHTS = (0.15, 0.25, 0.35, 0.25)
-#: Default share of problems per digit count 1..4 in :func:`warm_start`: 1-3 digits emphasised,
-#: a little 4-digit so that the hard tail is not entirely unknown.
-DEFAULT_WARM_START_WEIGHTS = (0.25, 0.3, 0.35, 0.1)
+#: Default share of problems per digit count 1..4 in :func:`warm_start` after its easy phase:
+#: 1-3 digits emphasised, a little 4-digit so that the hard tail is not entirely unknown.
+DEFAULT_WARM_START_WEIGHTS = (0.1, 0.25, 0.6, 0.05)
 _MAX_DIGITS = 8
 _EVAL_MODULUS = 5  # one unordered pair in this many belongs to the eval split
 _SPLITS = ("train", "eval")
@@ -130,19 +133,26 @@ def build_model(
     *,
     hidden_size: int = 128,
     num_layers: int = 3,
+    initializer_range: float = 0.08,
 ) -> Qwen2ForCausalLM:
-    """A tiny randomly initialised float32 Qwen2 for ``tokenizer``'s vocabulary.
+    r"""A tiny randomly initialised float32 Qwen2 for ``tokenizer``'s vocabulary.
 
     Three layers of width 128 (4 attention heads, 2 key-value heads, MLP width 512), rotary
-    positions up to 64, tied input and output embeddings; about 0.5M parameters. The pad, bos and
-    eos ids are set in both ``model.config`` and ``model.generation_config``. Initialisation is
-    seeded without touching the global torch RNG.
+    positions up to 64, tied input and output embeddings; about 0.74M parameters. The pad, bos
+    and eos ids are set in both ``model.config`` and ``model.generation_config``. Initialisation
+    is seeded without touching the global torch RNG.
+
+    Weights are drawn with standard deviation ``initializer_range`` = 0.08 (about
+    :math:`1/\sqrt{128}`) rather than Qwen2's 0.02: at 0.02 the attention logits start near zero
+    and the warm start sat on a loss plateau (2-digit sums unsolved) for 1,000 to 2,500 steps,
+    depending on the seed; at 0.06 to 0.1 it leaves the plateau within about 500 steps.
 
     Args:
         tokenizer: the tokenizer from :func:`build_tokenizer` (or any with pad/bos/eos ids).
         seed: the initialisation seed.
         hidden_size: model width, a positive multiple of 8 (4 heads of even size).
         num_layers: number of decoder layers, >= 1.
+        initializer_range: standard deviation of the initial weights, > 0.
 
     Returns:
         The model in eval mode.
@@ -156,6 +166,7 @@ def build_model(
     if hidden_size % 8:
         raise ValueError(f"hidden_size must be a multiple of 8, got {hidden_size}")
     num_layers = check_int("num_layers", num_layers, low=1)
+    initializer_range = check_float("initializer_range", initializer_range, low=0.0, low_open=True)
     ids = {}
     for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
         value = getattr(tokenizer, name, None)
@@ -171,6 +182,7 @@ def build_model(
         num_key_value_heads=2,
         max_position_embeddings=64,
         tie_word_embeddings=True,
+        initializer_range=initializer_range,
         use_cache=True,
         **ids,
     )
@@ -251,7 +263,7 @@ def _check_digits_weights(
 
 
 def sample_problems(
-    rng: np.random.Generator, digits: np.ndarray, split: str = "train"
+    rng: np.random.Generator, digits: Any, split: str | None = "train"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Random addends whose larger one has exactly ``digits[i]`` digits, from one split.
 
@@ -262,14 +274,15 @@ def sample_problems(
     Args:
         rng: the random source.
         digits: digit count per problem, integers in 1..8.
-        split: ``"train"`` or ``"eval"``.
+        split: ``"train"``, ``"eval"``, or ``None`` for problems of either split.
 
     Returns:
         ``(a, b)``, two int64 arrays shaped like ``digits``.
     """
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-    check_choice("split", split, _SPLITS)
+    if split is not None:
+        check_choice("split", split, _SPLITS)
     d = np.asarray(digits, dtype=np.int64).ravel()
     if d.size and (int(d.min()) < 1 or int(d.max()) > _MAX_DIGITS):
         raise ValueError(f"digits must be in 1..{_MAX_DIGITS}, got {d.min()}..{d.max()}")
@@ -286,6 +299,8 @@ def sample_problems(
         swap = rng.random(todo.size) < 0.5
         a[todo] = np.where(swap, small, big)
         b[todo] = np.where(swap, big, small)
+        if split is None:
+            break
         todo = todo[in_eval_split(a[todo], b[todo]) != want_eval]
     shape = np.shape(digits)
     return a.reshape(shape), b.reshape(shape)
@@ -409,6 +424,18 @@ def _sft_batch(
     return ids, mask, labels
 
 
+def _warm_start_problems(
+    rng: np.random.Generator, digits: np.ndarray
+) -> tuple[list[str], list[str]]:
+    """Prompts and answers for one warm-start batch: train split, but every 1-digit problem."""
+    a, b = sample_problems(rng, digits, "train")
+    one = digits == 1
+    if one.any():
+        a[one], b[one] = sample_problems(rng, digits[one], None)
+    pairs = list(zip(a.tolist(), b.tolist(), strict=True))
+    return [f"{x}+{y}=" for x, y in pairs], [str(x + y) for x, y in pairs]
+
+
 def warm_start(
     model: Qwen2ForCausalLM,
     tokenizer: PreTrainedTokenizerFast,
@@ -420,22 +447,37 @@ def warm_start(
     seed: int = 0,
     digits: Sequence[int] = (1, 2, 3, 4),
     weights: Sequence[float] | None = None,
+    easy_fraction: float = 0.4,
+    decay_fraction: float = 0.2,
     num_threads: int | None = None,
     progress: bool = True,
 ) -> dict[str, float]:
     r"""Supervised next-token training on fresh addition problems (the demo's starting policy).
 
-    Each step draws ``batch_size`` new problems from the train split (digit counts by
-    ``weights``, default :data:`DEFAULT_WARM_START_WEIGHTS`), and takes one AdamW step (weight
-    decay 0, a 20-step linear warm-up, gradient norm clipped at 1) on the mean cross-entropy of
-    the answer tokens and eos given ``<s>a+b=``:
+    Each step draws ``batch_size`` new problems (digit counts by ``weights``, default
+    :data:`DEFAULT_WARM_START_WEIGHTS`; during the first ``easy_fraction`` of the budget only the
+    counts <= 2, their weights renormalised) and takes one AdamW step (no weight decay, gradient
+    norm clipped at 1) on the mean cross-entropy of the answer tokens and eos given ``<s>a+b=``:
 
     .. math::
         \mathcal{L} = -\frac{1}{\lvert\mathcal{A}\rvert}
         \sum_{t \in \mathcal{A}} \log \pi_\theta(x_t \mid x_{<t}),
 
-    with :math:`\mathcal{A}` the positions of the answer and eos. Training stops after
-    ``steps`` steps or ``seconds`` seconds, whichever comes first.
+    with :math:`\mathcal{A}` the positions of the answer and eos. Problems of two or more digits
+    come from the train split only; the 100 one-digit problems are too few to hold out and are
+    all trained on (they are the demo's "known facts" bucket; the eval *dataset* still never
+    shares a prompt with the train dataset). The learning rate warms up linearly over 20 steps,
+    stays at ``lr``, and decays linearly to ``lr/10`` over the last ``decay_fraction`` of the
+    budget (by steps or by seconds, whichever is further along). Training stops after ``steps``
+    steps or ``seconds`` seconds, whichever comes first.
+
+    The easy phase makes the run robust: digit alignment is learnt on 1- and 2-digit sums first
+    (with the whole mix from the start, 2-digit sums stayed unsolved for 1,000+ steps). With the
+    defaults, 90 s on 2 CPU cores (about 1,100 to 1,300 steps) gave, at temperature 1 on 200
+    held-out prompts, pass@1 of 0.99 / 0.86 / 0.03 / 0.00 (1- / 2- / 3- / 4-digit) for seed 0
+    and 0.99 / 0.89 / 0.58 / 0.01 for seed 42: 3-digit sums are learnt in a sudden transition
+    whose timing depends on the seed, so the 3-digit bucket ends up rarely or mostly solved, and
+    mixed on some of its prompts either way.
 
     Args:
         model: the causal LM to train in place (left in eval mode).
@@ -448,8 +490,10 @@ def warm_start(
         digits: digit counts to train on (each in 1..8).
         weights: their shares; ``None`` gives :data:`DEFAULT_WARM_START_WEIGHTS` for
             ``(1, 2, 3, 4)`` and equal shares otherwise.
+        easy_fraction: first share of the budget on 1- and 2-digit problems only, in [0, 1].
+        decay_fraction: final share of the budget with a decaying learning rate, in [0, 1].
         num_threads: if given, ``torch.set_num_threads`` for the duration (restored after).
-        progress: print a line about every 10 seconds and one at the end.
+        progress: print a line to stderr about every 10 seconds and one at the end.
 
     Returns:
         ``{"steps", "seconds", "initial_loss", "final_loss", "steps_per_second"}``, where the
@@ -467,7 +511,12 @@ def warm_start(
     batch_size = check_int("batch_size", batch_size, low=1)
     lr = check_float("lr", lr, low=0.0, low_open=True)
     seed = check_int("seed", seed, low=0)
+    easy_fraction = check_float("easy_fraction", easy_fraction, low=0.0, high=1.0)
+    decay_fraction = check_float("decay_fraction", decay_fraction, low=0.0, high=1.0)
     ds, w = _check_digits_weights(digits, weights, DEFAULT_WARM_START_WEIGHTS)
+    counts = np.asarray(ds, dtype=np.int64)
+    easy = (counts <= 2) & (w > 0)
+    w_easy = np.where(easy, w, 0.0) / w[easy].sum() if easy.any() else w
     old_threads = torch.get_num_threads()
     if num_threads is not None:
         torch.set_num_threads(check_int("num_threads", num_threads, low=1, high=os.cpu_count()))
@@ -482,11 +531,19 @@ def warm_start(
     last_print = start
     step = 0
     try:
-        while step < budget_n and time.perf_counter() - start < budget_s:
-            per_row = rng.choice(np.asarray(ds), size=batch_size, p=w)
-            a, b = sample_problems(rng, per_row, "train")
-            prompts = [f"{x}+{y}=" for x, y in zip(a.tolist(), b.tolist(), strict=True)]
-            answers = [str(x + y) for x, y in zip(a.tolist(), b.tolist(), strict=True)]
+        while True:
+            elapsed = time.perf_counter() - start
+            if step >= budget_n or elapsed >= budget_s:
+                break
+            done = max(step / budget_n, elapsed / budget_s)
+            scale = min(1.0, (step + 1) / warmup)
+            if decay_fraction > 0 and done > 1.0 - decay_fraction:
+                scale *= 1.0 - 0.9 * (done - (1.0 - decay_fraction)) / decay_fraction
+            for group in opt.param_groups:
+                group["lr"] = lr * scale
+            mix = w_easy if done < easy_fraction else w
+            per_row = rng.choice(counts, size=batch_size, p=mix)
+            prompts, answers = _warm_start_problems(rng, per_row)
             ids, mask, labels = (t.to(device) for t in _sft_batch(tokenizer, prompts, answers))
             logits = model(input_ids=ids, attention_mask=mask).logits.float()
             loss = torch.nn.functional.cross_entropy(
@@ -494,8 +551,6 @@ def warm_start(
                 labels[:, 1:].reshape(-1),
                 ignore_index=-100,
             )
-            for group in opt.param_groups:
-                group["lr"] = lr * min(1.0, (step + 1) / warmup)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
