@@ -7,31 +7,20 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
-CHARS = list("0123456789+=")
+from e3core.adapters.trl.demo_task import build_tokenizer
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {t: i for i, t in enumerate(SPECIALS + CHARS)}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), "isolated")
-    tk.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tk,
-        pad_token="<pad>",
-        bos_token="<bos>",
-        eos_token="<eos>",
-        unk_token="<unk>",
-    )
+    """The demo's character tokenizer (pad 0, bos 1, eos 2, unk 3, digits 4-13, + 14, = 15)."""
+    return build_tokenizer()
 
 
 def tiny_model(seed: int = 0) -> Qwen2ForCausalLM:
     torch.manual_seed(seed)
     cfg = Qwen2Config(
-        vocab_size=len(SPECIALS) + len(CHARS),
+        vocab_size=16,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=1,
