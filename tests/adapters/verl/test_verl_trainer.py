@@ -266,7 +266,16 @@ def test_recipes_compose_on_verls_config(recipe):
 
     folder = os.path.join(os.path.dirname(__file__), "..", "..", "..", "adapters", "verl")
     with initialize_config_dir(config_dir=os.path.abspath(folder), version_base=None):
-        config = compose(config_name=recipe)
+        config = compose(config_name=recipe, overrides=["trainer.n_gpus_per_node=8"])
+    # verl's own launcher-time validation (batch sizes, micro-batching, estimator) accepts it.
+    from verl.trainer.main_ppo import validate_config
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+
+    validate_config(
+        config=config,
+        use_reference_policy=need_reference_policy(config),
+        use_critic=need_critic(config),
+    )
     assert config.trainer.v1.trainer_mode == "e3_sync"
     assert config.algorithm.adv_estimator == "e3_grpo"
     assert config.actor_rollout_ref.rollout.n == 8 and config.data.train_batch_size == 64
