@@ -33,7 +33,7 @@ if not _HAS_VERL:
     collect_ignore.append("adapters/verl")
 
 
-def pytest_report_header(config):  # noqa: D103
+def pytest_report_header(config):
     if _HAS_VERL:
         return "e3core: verl installed, the verl adapter's contract tests are collected"
     return (
