@@ -14,10 +14,15 @@ Two parts, both on the demo's tiny Qwen2 (``e3core.adapters.trl.demo_task``) on 
   ``num_generations`` completions at the fixed temperature), same rollouts, same steps, same
   warm-started weights, seeds 0..S-1. After training: held-out pass@1 and pass@k per
   difficulty bucket (``k`` samples per prompt at T=1), and the entropy and temperature curves.
+  Both parts train on ``--train-prompts`` (400) prompts, so in 200 steps of 8 prompts each prompt
+  comes back about four times: E3's per-prompt posteriors only differ from the prior for
+  prompts it has seen (in a single pass, every prompt is at the prior and the allocation is
+  uniform). The warm start is a fixed number of steps (1,300, seed 42), so both arms start from
+  the same policy on any machine.
 
 Writes ``benchmarks/out/trl_overhead.csv``, ``trl_ab.csv`` (one row per arm, seed and bucket),
 ``trl_ab_curves.csv`` (per step) and ``trl_ab.png``. Run ``python benchmarks/bench_trl.py``
-(about 25 minutes on 2 cores with the defaults) or ``--quick`` (a few minutes).
+(about 20 minutes on 2 idle cores with the defaults) or ``--quick`` (a few minutes).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from e3core.adapters.trl import E3GRPOConfig, E3GRPOTrainer
 from e3core.adapters.trl import demo_task as demo
+from e3core.adapters.trl.cli import DEMO_DEFAULTS
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -74,6 +80,9 @@ def _patch_timed() -> None:
     GRPOTrainer._generate_and_score_completions = routed  # type: ignore[method-assign]
 
 
+LEARNING_RATE = DEMO_DEFAULTS["learning_rate"]
+
+
 def _settings(steps: int, seed: int, out: str) -> dict[str, Any]:
     return {
         "output_dir": out,
@@ -82,7 +91,7 @@ def _settings(steps: int, seed: int, out: str) -> dict[str, Any]:
         "per_device_train_batch_size": 64,
         "num_generations": 8,
         "max_completion_length": 6,
-        "learning_rate": 5e-5,
+        "learning_rate": LEARNING_RATE,
         "beta": 0.0,
         "max_steps": steps,
         "logging_steps": max(1, steps),
@@ -108,7 +117,11 @@ def _train(
         if kind == "plain":
             trainer: Any = GRPOTrainer(args=GRPOConfig(**_settings(steps, seed, tmp)), **common)
         else:
-            args = E3GRPOConfig(**_settings(steps, seed, tmp), e3_enabled=kind != "uniform")
+            args = E3GRPOConfig(
+                **_settings(steps, seed, tmp),
+                e3_enabled=kind != "uniform",
+                e3_warmup_steps=DEMO_DEFAULTS["e3_warmup_steps"],
+            )
             trainer = TimedE3(args=args, **common)
         start = time.perf_counter()
         trainer.train()
@@ -229,7 +242,9 @@ def _plot(curves: list[dict[str, Any]], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--warm-start-seconds", type=float, default=90.0)
+    parser.add_argument("--warm-start-steps", type=int, default=1300)
+    parser.add_argument("--warm-start-seed", type=int, default=42)
+    parser.add_argument("--train-prompts", type=int, default=400)
     parser.add_argument("--overhead-steps", type=int, default=30)
     parser.add_argument("--overhead-repeats", type=int, default=3)
     parser.add_argument("--ab-steps", type=int, default=200)
@@ -240,16 +255,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
-        args.warm_start_seconds, args.overhead_steps, args.overhead_repeats = 20.0, 10, 2
+        args.warm_start_steps, args.overhead_steps, args.overhead_repeats = 300, 10, 2
         args.ab_steps, args.seeds, args.eval_prompts = 30, 2, 100
     torch.set_num_threads(2)
     _patch_timed()
     tokenizer = demo.build_tokenizer()
-    model = demo.build_model(tokenizer, seed=0)
-    print(f"warm start {args.warm_start_seconds:.0f} s ...")
-    demo.warm_start(model, tokenizer, seconds=args.warm_start_seconds, seed=0, progress=False)
+    model = demo.build_model(tokenizer, seed=args.warm_start_seed)
+    print(f"warm start: {args.warm_start_steps} steps, seed {args.warm_start_seed} ...")
+    demo.warm_start(
+        model, tokenizer, steps=args.warm_start_steps, seed=args.warm_start_seed, progress=False
+    )
     state = copy.deepcopy(model.state_dict())
-    dataset = demo.make_dataset(4000, seed=0, split="train")
+    dataset = demo.make_dataset(args.train_prompts, seed=0, split="train")
     held_out = demo.make_dataset(args.eval_prompts, seed=0, split="eval")
     parts = set(args.parts.split(","))
 

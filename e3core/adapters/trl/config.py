@@ -15,15 +15,9 @@ from typing import Any
 from trl import GRPOConfig
 
 from e3core._validation import check_choice, check_float, check_int
+from e3core.settings import ALLOCATORS, CONTROLLERS, PRIORS, RANK_BY, VALUES, WEIGHTING
 
 __all__ = ["E3GRPOConfig"]
-
-ALLOCATORS = ("knapsack", "thompson", "rank", "uniform")
-VALUES = ("mixed", "info_gain")
-CONTROLLERS = ("pi", "e3", "none")
-PRIORS = ("grid", "beta")
-RANK_BY = ("mean", "epoch_accuracy")
-WEIGHTING = ("sample", "prompt")
 
 
 def _help(text: str) -> dict[str, Any]:

@@ -22,8 +22,6 @@ The scheduler's state is saved as ``e3_scheduler.pt`` in every checkpoint and re
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import os
@@ -36,21 +34,9 @@ from trl import GRPOTrainer
 
 from e3core.adapters.trl.config import E3GRPOConfig
 from e3core.advantages import group_advantages, group_loss_weights
-from e3core.allocation import (
-    Allocator,
-    KnapsackAllocator,
-    RankAllocator,
-    ThompsonAllocator,
-    UniformAllocator,
-)
-from e3core.difficulty import BetaDifficultyTracker
+from e3core.prompt_keys import prompt_key
 from e3core.scheduler import E3Scheduler
-from e3core.temperature import (
-    CosineAnnealedTarget,
-    E3TemperatureController,
-    PITemperatureController,
-    TemperatureController,
-)
+from e3core.settings import E3Settings
 
 __all__ = ["SCHEDULER_FILE", "E3GRPOTrainer", "build_scheduler", "set_fused_head_temperature"]
 
@@ -119,14 +105,37 @@ def fused_head_temperature(model: torch.nn.Module) -> float:
     return float(_fused_head_cell(model).cell_contents)
 
 
-def _allocator(args: E3GRPOConfig) -> Allocator:
-    if args.e3_allocator == "knapsack":
-        return KnapsackAllocator(value=args.e3_value)
-    if args.e3_allocator == "thompson":
-        return ThompsonAllocator(value=args.e3_value)
-    if args.e3_allocator == "rank":
-        return RankAllocator()
-    return UniformAllocator()
+def e3_settings(args: E3GRPOConfig) -> E3Settings:
+    """The core :class:`~e3core.settings.E3Settings` an ``E3GRPOConfig``'s ``e3_`` fields spell."""
+    return E3Settings(
+        allocator=args.e3_allocator,
+        value=args.e3_value,
+        min_per_prompt=args.e3_min_per_prompt,
+        max_per_prompt=args.e3_max_per_prompt,
+        success_threshold=args.e3_success_threshold,
+        prior_alpha=args.e3_prior_alpha,
+        prior_beta=args.e3_prior_beta,
+        decay=args.e3_decay,
+        prior_kind=args.e3_prior_kind,
+        refit_every=args.e3_refit_every,
+        refit_min_prompts=args.e3_refit_min_prompts,
+        rank_by=args.e3_rank_by,
+        steps_per_epoch=args.e3_steps_per_epoch,
+        widen_per_epoch=args.e3_widen_per_epoch,
+        widen_min=args.e3_widen_min,
+        widen_max=args.e3_widen_max,
+        controller=args.e3_controller,
+        target_entropy=args.e3_target_entropy,
+        warmup_steps=args.e3_warmup_steps,
+        kp=args.e3_kp,
+        ki=args.e3_ki,
+        initial_temperature=args.temperature,
+        min_temperature=args.e3_min_temperature,
+        max_temperature=args.e3_max_temperature,
+        anneal_final_ratio=args.e3_anneal_final_ratio,
+        loss_weighting=args.e3_loss_weighting,
+        seed=args.e3_seed,
+    )
 
 
 def build_scheduler(
@@ -136,7 +145,7 @@ def build_scheduler(
     total_steps: int | None,
     steps_per_epoch: int | None,
 ) -> E3Scheduler:
-    """The ``E3Scheduler`` an ``E3GRPOConfig`` describes.
+    """The ``E3Scheduler`` an ``E3GRPOConfig`` describes (through :func:`e3_settings`).
 
     Args:
         args: The config.
@@ -144,53 +153,17 @@ def build_scheduler(
         total_steps: Generation steps in the run, for the annealed target (None: no annealing).
         steps_per_epoch: Generation steps per epoch (``args.e3_steps_per_epoch`` wins).
     """
-    schedule = None
-    if args.e3_anneal_final_ratio is not None:
-        if total_steps is None:
-            raise ValueError(
-                "e3_anneal_final_ratio needs the run's length: set max_steps, or use a sized "
-                "dataset"
-            )
-        schedule = CosineAnnealedTarget.paper(total_steps, args.e3_anneal_final_ratio)
-    controller: TemperatureController | None
-    common = {
-        "initial_temperature": args.temperature,
-        "min_temperature": args.e3_min_temperature,
-        "max_temperature": args.e3_max_temperature,
-        "target_entropy": args.e3_target_entropy,
-        "warmup_steps": args.e3_warmup_steps,
-        "target_schedule": schedule,
-    }
-    if args.e3_controller == "pi":
-        controller = PITemperatureController(kp=args.e3_kp, ki=args.e3_ki, **common)
-    elif args.e3_controller == "e3":
-        controller = E3TemperatureController(vocab_size, **common)
-    else:
-        controller = None
-    max_per = args.e3_max_per_prompt
-    widen = None
-    if args.e3_widen_min is not None or args.e3_widen_max is not None:
-        widen = (
-            args.e3_widen_min or 1,
-            args.e3_widen_max or (max_per if max_per is not None else 2**31 - 1),
+    if args.e3_anneal_final_ratio is not None and total_steps is None:
+        raise ValueError(
+            "e3_anneal_final_ratio needs the run's length: set max_steps, or use a sized dataset"
         )
-    return E3Scheduler(
-        BetaDifficultyTracker(args.e3_prior_alpha, args.e3_prior_beta, decay=args.e3_decay),
-        _allocator(args),
-        controller,
+    return e3_settings(args).build_scheduler(
         args.num_generations,
-        args.e3_min_per_prompt,
-        max_per,
-        args.e3_success_threshold,
-        refit_every=args.e3_refit_every,
-        prior_kind=args.e3_prior_kind,
-        refit_min_prompts=args.e3_refit_min_prompts,
-        rank_by=args.e3_rank_by,
-        steps_per_epoch=args.e3_steps_per_epoch or steps_per_epoch,
-        widen_per_epoch=args.e3_widen_per_epoch,
-        widen_limits=widen,
-        temperature=args.temperature,
-        seed=args.seed if args.e3_seed is None else args.e3_seed,
+        vocab_size=vocab_size,
+        total_steps=total_steps,
+        steps_per_epoch=steps_per_epoch,
+        seed=args.seed,
+        prefix="e3_",
     )
 
 
@@ -199,9 +172,7 @@ def _prompt_key(row: dict[str, Any], column: str) -> Any:
     if column in row and row[column] is not None:
         value = row[column]
         return value.item() if hasattr(value, "item") else value
-    text = json.dumps(row.get("prompt"), sort_keys=True, default=str, ensure_ascii=False)
-    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
+    return prompt_key(row.get("prompt"))
 
 
 class E3GRPOTrainer(GRPOTrainer):
