@@ -60,13 +60,21 @@ STATE_FILE = "e3_scheduler.pt"
 _ADAPTER_KEYS = ("prompt_key",)
 
 
+def _given_settings(config: DictConfig) -> set[str]:
+    raw = config.get("e3", None)
+    return set(raw.keys()) if raw is not None else set()
+
+
 def read_e3_config(config: DictConfig) -> tuple[E3Settings, str]:
     """The validated :class:`E3Settings` and prompt-id field of a verl config's ``e3`` group.
 
     ``e3.prompt_key`` names the dataset field that identifies a prompt across steps (default
     ``raw_prompt``: a 63-bit hash of the chat; a scalar field such as ``index`` is used as is,
     but verl's ``index`` is 0 for every row whose ``extra_info`` has none). The initial
-    temperature is ``actor_rollout_ref.rollout.temperature``.
+    temperature is ``actor_rollout_ref.rollout.temperature``. ``e3.loss_weighting`` and
+    ``e3.baseline`` are handed to the ``e3_grpo`` estimator as ``algorithm.e3_loss_weighting``
+    and ``algorithm.e3_baseline`` when the trainer starts (setting both spellings differently is
+    an error).
 
     Raises:
         ValueError, TypeError: A bad or unknown setting, named as ``e3.<name>``.
@@ -110,6 +118,22 @@ def _install_manager(config: DictConfig) -> None:
         )
 
 
+def _sync_estimator_settings(config: DictConfig, settings: E3Settings, given: set[str]) -> None:
+    """Hand ``e3.loss_weighting`` / ``e3.baseline`` to the estimator (it reads ``algorithm``)."""
+    algorithm = config.algorithm
+    for name in ("loss_weighting", "baseline"):
+        key = f"e3_{name}"
+        value = getattr(settings, name)
+        current = algorithm.get(key, None)
+        if current is not None and name in given and str(current) != value:
+            raise ValueError(
+                f"e3.{name}={value!r} and algorithm.{key}={current!r} disagree; set one of them"
+            )
+        if current is None or name in given:
+            with open_dict(algorithm):
+                algorithm[key] = value
+
+
 def _set_driver_temperature(config: DictConfig, temperature: float) -> None:
     rollout = config.actor_rollout_ref.rollout
     with open_dict(rollout):
@@ -131,6 +155,7 @@ class E3PPOTrainerSync(PPOTrainerSync):
 
     def __init__(self, config: DictConfig):
         self.e3_settings, self.e3_prompt_field = read_e3_config(config)
+        _sync_estimator_settings(config, self.e3_settings, _given_settings(config))
         _install_manager(config)
         estimator = str(config.algorithm.adv_estimator)
         if estimator != ESTIMATOR_NAME:

@@ -285,3 +285,38 @@ def test_recipes_compose_on_verls_config(recipe):
         assert settings_ == E3Settings.paper().validate(8)
     trainer = get_trainer_cls(config.trainer.v1.trainer_mode)(config)
     assert trainer.e3_settings == settings_
+
+
+def test_e3_weighting_and_baseline_reach_the_estimator(make_trainer):
+    from verl import DataProto
+    from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
+
+    from e3core import group_advantages, group_loss_weights
+
+    trainer = make_trainer("+e3.loss_weighting=prompt", "+e3.baseline=leave_one_out")
+    algorithm = trainer.config.algorithm
+    assert (algorithm.e3_loss_weighting, algorithm.e3_baseline) == ("prompt", "leave_one_out")
+    uids = np.array(["a", "a", "a", "b", "b", "c", "c", "c", "c"], dtype=object)
+    scores = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0])
+    data = DataProto.from_dict(
+        tensors={"token_level_rewards": scores[:, None], "response_mask": torch.ones(9, 1)},
+        non_tensors={"uid": uids},
+    )
+    out = compute_advantage_for_multi_trajectories(
+        data,
+        batch_keys=[f"{u}_{i}_0" for i, u in enumerate(uids)],
+        adv_estimator="e3_grpo",
+        config=algorithm,
+    )
+    want = group_advantages(scores, uids, baseline="leave_one_out") * torch.as_tensor(
+        group_loss_weights(uids, "prompt"), dtype=torch.float32
+    )
+    torch.testing.assert_close(out.batch["advantages"][:, 0], want)
+
+
+def test_estimator_settings_in_algorithm_are_kept_and_conflicts_raise(make_trainer):
+    trainer = make_trainer("+algorithm.e3_baseline=leave_one_out")
+    assert trainer.config.algorithm.e3_baseline == "leave_one_out"
+    assert trainer.config.algorithm.e3_loss_weighting == "sample"
+    with pytest.raises(ValueError, match=r"e3\.loss_weighting.*algorithm\.e3_loss_weighting"):
+        make_trainer("+e3.loss_weighting=prompt", "+algorithm.e3_loss_weighting=sample")
