@@ -22,7 +22,7 @@ Two parts, both on the demo's tiny Qwen2 (``e3core.adapters.trl.demo_task``) on 
 
 Writes ``benchmarks/out/trl_overhead.csv``, ``trl_ab.csv`` (one row per arm, seed and bucket),
 ``trl_ab_curves.csv`` (per step) and ``trl_ab.png``. Run ``python benchmarks/bench_trl.py``
-(about 20 minutes on 2 idle cores with the defaults) or ``--quick`` (a few minutes).
+(about 10 minutes on 2 idle cores with the defaults) or ``--quick`` (a few minutes).
 """
 
 from __future__ import annotations
