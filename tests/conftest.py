@@ -33,10 +33,19 @@ if not _HAS_VERL:
     collect_ignore.append("adapters/verl")
 
 
-def pytest_report_header(config):
+def _verl_line() -> str:
     if _HAS_VERL:
-        return "e3core: verl installed, the verl adapter's contract tests are collected"
+        return "e3core: verl installed, the verl adapter's contract tests were collected"
     return (
         "e3core: verl not installed, tests/adapters/verl NOT collected (they run in their own "
         'environment: pip install -e ".[verl,test]" && python -m pytest -q tests/adapters/verl)'
     )
+
+
+def pytest_report_header(config):
+    return _verl_line()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    # Also at the end, where ``-q`` runs show it.
+    terminalreporter.write_line(_verl_line())
