@@ -1,9 +1,11 @@
 """Shared test settings: hypothesis without deadlines (CI machines are slow and shared).
 
-The verl adapter's contract tests (``tests/adapters/verl``) need verl, whose pins conflict with
-TRL's: they are collected only where verl is installed (CI runs them in their own environment,
-``pip install -e ".[verl,test]" && python -m pytest -q tests/adapters/verl``); elsewhere the
-header of the run says they were not collected. They are never skipped-as-passed.
+The verl and OpenRLHF adapters' contract tests (``tests/adapters/verl``,
+``tests/adapters/openrlhf``) need their frameworks, whose pins conflict with TRL's and each
+other's: they are collected only where the framework is installed (CI runs each in its own
+environment, e.g. ``pip install -e ".[verl,test]" && python -m pytest -q tests/adapters/verl``);
+elsewhere the run says, at its start and end, that they were not collected. They are never
+skipped-as-passed.
 
 Without CUDA the Triton kernels run in Triton's interpreter. ``TRITON_INTERPRET`` is set here,
 before any test module is imported, because TRL (imported by the adapter tests, collected first)
@@ -28,24 +30,32 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
 collect_ignore: list[str] = []
-_HAS_VERL = importlib.util.find_spec("verl") is not None
-if not _HAS_VERL:
-    collect_ignore.append("adapters/verl")
+_FRAMEWORKS = {"verl": "verl", "openrlhf": "openrlhf"}  # test folder -> package
+_PRESENT = {d: importlib.util.find_spec(p) is not None for d, p in _FRAMEWORKS.items()}
+for _folder, _present in _PRESENT.items():
+    if not _present:
+        collect_ignore.append(f"adapters/{_folder}")
 
 
-def _verl_line() -> str:
-    if _HAS_VERL:
-        return "e3core: verl installed, the verl adapter's contract tests were collected"
-    return (
-        "e3core: verl not installed, tests/adapters/verl NOT collected (they run in their own "
-        'environment: pip install -e ".[verl,test]" && python -m pytest -q tests/adapters/verl)'
-    )
+def _framework_lines() -> list[str]:
+    lines = []
+    for folder, present in _PRESENT.items():
+        if present:
+            lines.append(f"e3core: {folder} installed, tests/adapters/{folder} collected")
+        else:
+            lines.append(
+                f"e3core: {folder} not installed, tests/adapters/{folder} NOT collected (they run "
+                f'in their own environment: pip install -e ".[{folder},test]" && '
+                f"python -m pytest -q tests/adapters/{folder})"
+            )
+    return lines
 
 
 def pytest_report_header(config):
-    return _verl_line()
+    return _framework_lines()
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     # Also at the end, where ``-q`` runs show it.
-    terminalreporter.write_line(_verl_line())
+    for line in _framework_lines():
+        terminalreporter.write_line(line)

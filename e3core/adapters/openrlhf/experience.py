@@ -1,0 +1,124 @@
+r"""``E3ExperienceMaker``: OpenRLHF's advantages over prompt groups of any size.
+
+OpenRLHF 0.11's ``RemoteExperienceMaker.compute_advantages_and_returns`` reshapes the rewards to
+``(-1, n_samples_per_prompt)``, which assumes every prompt has :math:`n` samples in consecutive
+blocks. Here the groups are the samples' prompts (E3 gives them :math:`n_i` samples, Liao et al.,
+arXiv 2505.18573), and the shaped reward of sample :math:`j` in group :math:`g` is e3core's
+:func:`~e3core.group_advantages`:
+
+.. math::
+    \tilde r_j = \frac{r_j - \bar r_g}{\sigma_g + 10^{-9}}\ (\texttt{group\_norm}),\quad
+    \tilde r_j = r_j - \bar r_g\ (\texttt{dr\_grpo}),\quad
+    \tilde r_j = r_j - \frac{n_g \bar r_g - r_j}{n_g - 1}\ (\texttt{rloo}),
+
+with the unbiased :math:`\sigma_g` and :math:`\epsilon = 10^{-9}` as upstream; a group of one, or
+of equal rewards, gets 0. With ``prompt`` loss weighting :math:`\tilde r_j` is scaled by
+:math:`N/(G\,n_{g(j)})`. Then, as upstream: the KL term and reward clipping
+(``compute_reward``), cumulative returns with :math:`\gamma = 1`, advantages = returns. For
+equal groups this equals upstream exactly (tested).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from openrlhf.models.utils import compute_reward
+from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
+from openrlhf.trainer.ppo_utils.length_penalty import apply_length_penalties
+
+from e3core.adapters.openrlhf.generator import sample_prompt_key
+from e3core.advantages import group_advantages, group_codes, group_loss_weights
+
+__all__ = ["SUPPORTED_ESTIMATORS", "E3ExperienceMaker", "shaped_group_rewards"]
+
+SUPPORTED_ESTIMATORS = ("group_norm", "dr_grpo", "rloo")
+_EPS = 1e-9
+
+
+def shaped_group_rewards(
+    rewards: torch.Tensor, prompts: list[Any], estimator: str, weighting: str = "sample"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group-shaped rewards and each sample's group reward std (see the module docstring).
+
+    Args:
+        rewards: One reward per sample, 1-D.
+        prompts: Each sample's prompt (the group key).
+        estimator: ``group_norm``, ``dr_grpo`` or ``rloo``.
+        weighting: ``sample`` or ``prompt``.
+
+    Returns:
+        ``(shaped, group_std)``, both like ``rewards``.
+    """
+    if estimator not in SUPPORTED_ESTIMATORS:
+        raise ValueError(
+            f"--algo.advantage.estimator={estimator!r} is not supported with E3 (groups of "
+            f"different sizes); use one of {SUPPORTED_ESTIMATORS}"
+        )
+    if len(prompts) != rewards.numel():
+        raise ValueError(f"{len(prompts)} prompts for {rewards.numel()} rewards")
+    labels = np.array([sample_prompt_key(p) for p in prompts], dtype=np.int64)
+    shaped = group_advantages(
+        rewards,
+        labels,
+        baseline="leave_one_out" if estimator == "rloo" else "mean",
+        scale="std" if estimator == "group_norm" else "none",
+        eps=_EPS,
+    )
+    if weighting == "prompt":
+        w = torch.as_tensor(group_loss_weights(labels, "prompt"), dtype=rewards.dtype)
+        shaped = shaped * w.to(rewards.device)
+    codes, num = group_codes(labels)
+    codes_t = torch.as_tensor(codes, device=rewards.device)
+    counts = torch.bincount(codes_t, minlength=num).to(rewards.dtype)
+    sums = torch.zeros(num, dtype=rewards.dtype, device=rewards.device).index_add_(
+        0, codes_t, rewards
+    )
+    means = sums / counts
+    sq = torch.zeros_like(sums).index_add_(0, codes_t, (rewards - means[codes_t]) ** 2)
+    std = torch.where(counts > 1, (sq / (counts - 1).clamp(min=1)).sqrt(), torch.zeros_like(sq))
+    return shaped, std[codes_t]
+
+
+class E3ExperienceMaker(RemoteExperienceMaker):
+    """``RemoteExperienceMaker`` whose advantages group samples by prompt, any group size.
+
+    ``loss_weighting`` (``sample`` or ``prompt``) is set by the E3 trainer.
+    """
+
+    loss_weighting: str = "sample"
+
+    @torch.no_grad()
+    def compute_advantages_and_returns(self, experiences: list[Any]) -> list[Any]:
+        """Length penalties, group shaping by prompt, KL and returns (module docstring)."""
+        args = self.strategy.args
+        for experience in experiences:
+            experience.rewards = experience.rewards.to(
+                torch.promote_types(experience.rewards.dtype, torch.float32)
+            )
+        apply_length_penalties(experiences, args)
+        sizes = [len(e.rewards) for e in experiences]
+        rewards = torch.cat([e.rewards for e in experiences], dim=0)
+        prompts = [p for e in experiences for p in e.prompts]
+        shaped, group_std = shaped_group_rewards(
+            rewards, prompts, self.advantage_estimator, self.loss_weighting
+        )
+        for experience, reward, std in zip(
+            experiences, shaped.split(sizes), group_std.split(sizes), strict=True
+        ):
+            experience.info["group_reward_std"] = std
+            token_reward = compute_reward(
+                reward,
+                self.kl_ctl.value,
+                experience.kl,
+                action_mask=experience.action_mask,
+                reward_clip_range=args.reward.clip_range,
+            )
+            experience.returns = self.get_cumulative_returns(
+                token_reward, experience.action_mask, 1.0
+            )
+            experience.advantages = experience.returns.clone()
+            experience.info["return"] = token_reward.sum(dim=-1)
+            experience.kl = None
+        return experiences

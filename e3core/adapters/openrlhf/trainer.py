@@ -1,0 +1,193 @@
+r"""``E3PPOTrainer``: OpenRLHF's Ray PPO trainer with E3 allocation and temperature control.
+
+One :class:`~e3core.E3Scheduler` lives in the trainer actor. Each step (E3, Liao et al., arXiv
+2505.18573):
+
+1. :class:`~e3core.adapters.openrlhf.generator.E3SamplesGenerator` plans the prompt batch and
+   dispatches prompt :math:`i` with :math:`n_i` samples at :math:`T_t`.
+2. Before the experiences are made, the policy and reference actors get
+   ``set_temperature(T_t)``, so old log-probs, reference log-probs and the update use the
+   temperature the samples were drawn at.
+3. :class:`~e3core.adapters.openrlhf.experience.E3ExperienceMaker` shapes rewards by prompt
+   group of any size.
+4. After the update the rewards go to ``scheduler.observe`` by prompt, with
+   ``status["entropy_loss"]`` (the token entropy OpenRLHF logs when ``--actor.entropy_coef`` is
+   set; 0 logs it without adding it to the loss) as the entropy; the controller sets
+   :math:`T_{t+1}`. ``e3/`` metrics join OpenRLHF's status.
+5. The scheduler's state rides in the actor checkpoint's ``client_states`` (``e3_scheduler``)
+   and is restored when training resumes.
+
+Settings come from ``args.e3`` (the launcher's ``--e3.<name>`` flags; see
+:class:`e3core.settings.E3Settings`).
+"""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from openrlhf.trainer.ppo_trainer import PPOTrainer
+
+from e3core.adapters.openrlhf.experience import SUPPORTED_ESTIMATORS, E3ExperienceMaker
+from e3core.adapters.openrlhf.generator import E3SamplesGenerator, sample_prompt_key
+from e3core.scheduler import E3Scheduler
+from e3core.settings import E3Settings
+
+__all__ = ["STATE_KEY", "E3PPOTrainer", "E3PPOTrainerBase", "read_e3_args"]
+
+logger = logging.getLogger(__name__)
+
+STATE_KEY = "e3_scheduler"
+
+
+def read_e3_args(args: Any) -> E3Settings:
+    """The validated :class:`E3Settings` in ``args.e3`` (a namespace or dict; absent: defaults).
+
+    The initial temperature is ``--rollout.temperature`` unless ``--e3.initial_temperature`` is
+    given; ``--algo.advantage.estimator`` must group by prompt (group_norm, dr_grpo, rloo) and
+    the trainer must be synchronous.
+
+    Raises:
+        ValueError, TypeError: A bad setting, named as ``--e3.<name>`` or OpenRLHF's flag.
+    """
+    raw = getattr(args, "e3", None)
+    data = dict(vars(raw) if isinstance(raw, SimpleNamespace) else (raw or {}))
+    data.setdefault("initial_temperature", float(args.rollout.temperature))
+    settings = E3Settings.from_mapping(data, prefix="--e3.")
+    estimator = args.algo.advantage.estimator
+    if estimator not in SUPPORTED_ESTIMATORS:
+        raise ValueError(
+            f"--algo.advantage.estimator={estimator!r} is not supported with E3 (groups of "
+            f"different sizes); use one of {SUPPORTED_ESTIMATORS}"
+        )
+    if getattr(args.train, "async_enable", False):
+        raise ValueError(
+            "--train.async_enable is not supported with E3: the async trainer generates ahead "
+            "of the update, so the temperature a batch is sampled at would lag the controller"
+        )
+    return settings.validate(int(args.rollout.n_samples_per_prompt), prefix="--e3.")
+
+
+class E3PPOTrainerBase(PPOTrainer.__ray_actor_class__):  # type: ignore[misc, name-defined]
+    """The plain class behind :data:`E3PPOTrainer` (``PPOTrainer`` with E3), for tests."""
+
+    def __init__(self, pretrain: str, strategy: Any, *groups: Any, **generate_kwargs: Any):
+        settings = read_e3_args(strategy.args)
+        super().__init__(pretrain, strategy, *groups, **generate_kwargs)
+        self.e3_settings = settings
+        args = strategy.args
+        self.e3_scheduler: E3Scheduler = settings.build_scheduler(
+            int(args.rollout.n_samples_per_prompt),
+            vocab_size=len(self.tokenizer),
+            total_steps=int(self.max_steps) if self.max_steps else None,
+            steps_per_epoch=_steps_per_epoch(self),
+            seed=getattr(args.train, "seed", None),
+            prefix="--e3.",
+        )
+        self.samples_generator = E3SamplesGenerator(
+            strategy=strategy,
+            prompts_dataloader=self.prompts_dataloader,
+            eval_dataloader=self.eval_dataloader,
+            tokenizer=self.tokenizer,
+            vllm_engines=self.vllm_engines,
+            scheduler=self.e3_scheduler,
+        )
+        maker = E3ExperienceMaker(
+            self.actor_model_group,
+            self.critic_model_group,
+            self.reward_model_group,
+            self.reference_model_group,
+            self.kl_ctl,
+            self.strategy,
+            self.tokenizer,
+        )
+        maker.loss_weighting = settings.loss_weighting
+        self.experience_maker = maker
+        self._e3_warned_entropy = False
+
+    # ------------------------------------------------------------------ temperature
+    def e3_set_model_temperature(self, temperature: float) -> None:
+        """``set_temperature`` on the policy and reference actors (all ranks)."""
+        refs = []
+        for group in (self.actor_model_group, self.reference_model_group):
+            if group is not None:
+                refs += group.async_run_method(
+                    method_name="set_temperature", temperature=temperature
+                )
+        ray.get(refs)
+
+    # ------------------------------------------------------------------ the step
+    def train_step(self, rollout_samples: list, global_step: int) -> tuple[dict, int]:
+        """Set the step's temperature on the models, OpenRLHF's step, then observe."""
+        temperature = self.samples_generator.e3_temperature
+        self.e3_set_model_temperature(temperature)
+        status, step = super().train_step(rollout_samples, global_step)
+        status.update(self.e3_observe(rollout_samples, status.get("entropy_loss")))
+        status["e3/sample_temperature"] = float(temperature)
+        return status, step
+
+    def e3_observe(self, rollout_samples: list, entropy: float | None) -> dict[str, float]:
+        """Feed one step's samples (rewards by prompt) and entropy to the scheduler."""
+        order: dict[int, int] = {}
+        groups, rewards = [], []
+        for sample in rollout_samples:
+            key = sample_prompt_key(sample.prompts[0])
+            groups.append(order.setdefault(key, len(order)))
+            rewards.append(_scalar(sample.rewards))
+        value = None
+        if entropy is not None and np.isfinite(entropy) and entropy > 0:
+            value = float(entropy)
+        elif not self._e3_warned_entropy and self.e3_scheduler.controller is not None:
+            logger.warning(
+                "no entropy_loss in the status (got %r): set --actor.entropy_coef 0 to log it; "
+                "the temperature is not updated",
+                entropy,
+            )
+            self._e3_warned_entropy = True
+        metrics = self.e3_scheduler.observe(
+            list(order), np.asarray(rewards), np.asarray(groups, dtype=np.int64), entropy=value
+        )
+        self.samples_generator.e3_planned.clear()
+        return metrics
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_logs_and_checkpoints(
+        self, global_step: int, logs_dict: dict | None = None, client_states: dict | None = None
+    ) -> None:
+        """OpenRLHF's logging and checkpoint, with the scheduler in ``client_states``."""
+        client_states = dict(client_states or {})
+        client_states[STATE_KEY] = self.e3_scheduler.state_dict()
+        super().save_logs_and_checkpoints(global_step, logs_dict, client_states)
+
+    def restore_best_checkpoint_state(self, checkpoint_states: dict) -> None:
+        """OpenRLHF's restore, and the scheduler's state when the checkpoint has it."""
+        super().restore_best_checkpoint_state(checkpoint_states)
+        state = (checkpoint_states or {}).get(STATE_KEY)
+        if state is not None:
+            self.e3_scheduler.load_state_dict(state)
+            self.samples_generator.e3_temperature = self.e3_scheduler.temperature
+        elif (checkpoint_states or {}).get("global_step", 0):
+            logger.warning("e3: the checkpoint has no scheduler state; it starts afresh")
+
+
+def _scalar(value: Any) -> float:
+    if isinstance(value, torch.Tensor):
+        return float(value.reshape(-1)[0])
+    return float(value)
+
+
+def _steps_per_epoch(trainer: Any) -> int | None:
+    # OpenRLHF's prompt loader yields one prompt at a time; a step takes rollout.batch_size.
+    try:
+        prompts = len(trainer.prompts_dataloader)
+    except TypeError:
+        return None
+    return max(1, prompts // int(trainer.args.rollout.batch_size)) if prompts else None
+
+
+E3PPOTrainer = ray.remote(E3PPOTrainerBase)
+"""The Ray actor class the launcher puts in place of OpenRLHF's ``PPOTrainer``."""
