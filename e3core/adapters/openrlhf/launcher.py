@@ -6,6 +6,8 @@ settings as ``--e3.<name> <value>`` (the fields of :class:`e3core.settings.E3Set
 them into OpenRLHF's hierarchical ``args`` as ``args.e3``, installs e3core's classes where
 OpenRLHF's ``train()`` looks them up (the PPO trainer, the policy and reference actors) and runs
 OpenRLHF's own entry point, so argument parsing, checks and Ray orchestration are upstream's.
+The E3 settings are validated right after OpenRLHF parses its flags, before Ray starts
+(including the estimator and ``--train.async_enable``, whose async trainer E3 does not replace).
 """
 
 from __future__ import annotations
@@ -100,8 +102,11 @@ def install(e3_settings: dict[str, Any]) -> None:
     def hierarchize_with_e3(args: Any) -> Any:
         from types import SimpleNamespace
 
+        from e3core.adapters.openrlhf.trainer import read_e3_args
+
         out = original(args)
         out.e3 = SimpleNamespace(**e3_settings)
+        read_e3_args(out)  # fail before Ray starts: bad settings, estimator, async trainer
         return out
 
     hierarchize_with_e3.__wrapped__ = original  # type: ignore[attr-defined]

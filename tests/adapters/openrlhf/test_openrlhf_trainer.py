@@ -220,7 +220,13 @@ def test_launcher_installs_e3_where_openrlhf_train_looks(monkeypatch):
     assert ppo_trainer_module.PPOTrainer is E3PPOTrainer
     assert ppo_actor_module.PolicyModelActor is E3PolicyModelActor
     assert launcher_module.ReferenceModelActor is E3ReferenceModelActor
-    args = config_module.hierarchize(NS(**{"rollout.n_samples_per_prompt": 8}))
+    flat = {
+        "rollout.n_samples_per_prompt": 8,
+        "rollout.temperature": 1.0,
+        "algo.advantage.estimator": "group_norm",
+        "train.async_enable": False,
+    }
+    args = config_module.hierarchize(NS(**flat))
     assert args.e3.allocator == "rank" and args.rollout.n_samples_per_prompt == 8
 
 
@@ -271,3 +277,42 @@ def test_launcher_runs_openrlhf_entry_point_with_e3(monkeypatch):
     from e3core.adapters.openrlhf.trainer import E3PPOTrainer
 
     assert captured["trainer"] is E3PPOTrainer
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--train.async_enable"], "async"),
+        (["--e3.min_per_prompt", "9"], r"--e3\.min_per_prompt"),
+        (["--algo.advantage.estimator", "gae"], "estimator"),
+    ],
+)
+def test_launcher_refuses_bad_setups_before_ray_starts(monkeypatch, extra, match):
+    import openrlhf.trainer.ppo_trainer as ppo_trainer_module
+    import openrlhf.trainer.ray.launcher as launcher_module
+    import openrlhf.trainer.ray.ppo_actor as ppo_actor_module
+    import openrlhf.utils.config as config_module
+    import ray
+
+    for module, name in [
+        (ppo_trainer_module, "PPOTrainer"),
+        (ppo_actor_module, "PolicyModelActor"),
+        (launcher_module, "ReferenceModelActor"),
+        (config_module, "hierarchize"),
+    ]:
+        monkeypatch.setattr(module, name, getattr(module, name))
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray must not start"))
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
+    argv = [
+        "--actor.model_name_or_path",
+        "tiny",
+        "--data.prompt_dataset",
+        "data.jsonl",
+        "--rollout.n_samples_per_prompt",
+        "8",
+        "--algo.advantage.estimator",
+        "group_norm",
+        *extra,
+    ]
+    with pytest.raises(ValueError, match=match):
+        launcher.main(argv)
