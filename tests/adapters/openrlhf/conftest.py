@@ -11,6 +11,7 @@ own environment (``pip install -e ".[openrlhf,test]"``): OpenRLHF's pins conflic
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace as NS  # noqa: N814
 
 import orlhf_stubs
 import pytest
@@ -37,3 +38,26 @@ def local_ray():
         )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def launcher_patches(monkeypatch):
+    """Undo, after the test, what ``launcher.install`` replaces in OpenRLHF's modules."""
+    import openrlhf.trainer.ppo_trainer as ppo_trainer_module
+    import openrlhf.trainer.ray.launcher as launcher_module
+    import openrlhf.trainer.ray.ppo_actor as ppo_actor_module
+    import openrlhf.utils.config as config_module
+
+    for module, name in [
+        (ppo_trainer_module, "PPOTrainer"),
+        (ppo_actor_module, "PolicyModelActor"),
+        (launcher_module, "ReferenceModelActor"),
+        (config_module, "hierarchize"),
+    ]:
+        monkeypatch.setattr(module, name, getattr(module, name))
+    return NS(
+        ppo_trainer=ppo_trainer_module,
+        ppo_actor=ppo_actor_module,
+        launcher=launcher_module,
+        config=config_module,
+    )

@@ -37,21 +37,10 @@ def _recipe_args(name: str) -> list[str]:
 
 
 @pytest.mark.parametrize("name", ["paper", "recommended"])
-def test_recipe_reaches_train_with_valid_e3_settings(monkeypatch, name):
-    import openrlhf.trainer.ppo_trainer as ppo_trainer_module
-    import openrlhf.trainer.ray.launcher as launcher_module
-    import openrlhf.trainer.ray.ppo_actor as ppo_actor_module
+def test_recipe_reaches_train_with_valid_e3_settings(monkeypatch, launcher_patches, name):
     import openrlhf.utils as utils_module
-    import openrlhf.utils.config as config_module
     import ray
 
-    for module, attr in [
-        (ppo_trainer_module, "PPOTrainer"),
-        (ppo_actor_module, "PolicyModelActor"),
-        (launcher_module, "ReferenceModelActor"),
-        (config_module, "hierarchize"),
-    ]:
-        monkeypatch.setattr(module, attr, getattr(module, attr))
     captured = {}
 
     def stop(args):

@@ -200,19 +200,11 @@ def test_launcher_splits_e3_flags():
         launcher.split_e3_flags(["--e3.allocator"])
 
 
-def test_launcher_installs_e3_where_openrlhf_train_looks(monkeypatch):
-    import openrlhf.trainer.ppo_trainer as ppo_trainer_module
-    import openrlhf.trainer.ray.launcher as launcher_module
-    import openrlhf.trainer.ray.ppo_actor as ppo_actor_module
-    import openrlhf.utils.config as config_module
-
-    for module, name in [
-        (ppo_trainer_module, "PPOTrainer"),
-        (ppo_actor_module, "PolicyModelActor"),
-        (launcher_module, "ReferenceModelActor"),
-        (config_module, "hierarchize"),
-    ]:
-        monkeypatch.setattr(module, name, getattr(module, name))
+def test_launcher_installs_e3_where_openrlhf_train_looks(launcher_patches):
+    ppo_trainer_module = launcher_patches.ppo_trainer
+    ppo_actor_module = launcher_patches.ppo_actor
+    launcher_module = launcher_patches.launcher
+    config_module = launcher_patches.config
     launcher.install({"allocator": "rank"})
     from e3core.adapters.openrlhf.actors import E3PolicyModelActor, E3ReferenceModelActor
     from e3core.adapters.openrlhf.trainer import E3PPOTrainer
@@ -230,20 +222,9 @@ def test_launcher_installs_e3_where_openrlhf_train_looks(monkeypatch):
     assert args.e3.allocator == "rank" and args.rollout.n_samples_per_prompt == 8
 
 
-def test_launcher_runs_openrlhf_entry_point_with_e3(monkeypatch):
+def test_launcher_runs_openrlhf_entry_point_with_e3(monkeypatch, launcher_patches):
     """The real train_ppo_ray __main__ parses OpenRLHF's flags; train() gets E3's classes."""
-    import openrlhf.trainer.ppo_trainer as ppo_trainer_module
-    import openrlhf.trainer.ray.launcher as launcher_module
-    import openrlhf.trainer.ray.ppo_actor as ppo_actor_module
-    import openrlhf.utils.config as config_module
-
-    for module, name in [
-        (ppo_trainer_module, "PPOTrainer"),
-        (ppo_actor_module, "PolicyModelActor"),
-        (launcher_module, "ReferenceModelActor"),
-        (config_module, "hierarchize"),
-    ]:
-        monkeypatch.setattr(module, name, getattr(module, name))
+    ppo_trainer_module = launcher_patches.ppo_trainer
     captured = {}
 
     class StopLaunchError(Exception):
@@ -287,20 +268,9 @@ def test_launcher_runs_openrlhf_entry_point_with_e3(monkeypatch):
         (["--algo.advantage.estimator", "gae"], "estimator"),
     ],
 )
-def test_launcher_refuses_bad_setups_before_ray_starts(monkeypatch, extra, match):
-    import openrlhf.trainer.ppo_trainer as ppo_trainer_module
-    import openrlhf.trainer.ray.launcher as launcher_module
-    import openrlhf.trainer.ray.ppo_actor as ppo_actor_module
-    import openrlhf.utils.config as config_module
+def test_launcher_refuses_bad_setups_before_ray_starts(monkeypatch, launcher_patches, extra, match):
     import ray
 
-    for module, name in [
-        (ppo_trainer_module, "PPOTrainer"),
-        (ppo_actor_module, "PolicyModelActor"),
-        (launcher_module, "ReferenceModelActor"),
-        (config_module, "hierarchize"),
-    ]:
-        monkeypatch.setattr(module, name, getattr(module, name))
     monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray must not start"))
     monkeypatch.setattr(sys, "argv", sys.argv[:1])
     argv = [
