@@ -1,6 +1,8 @@
 """``python -m e3core.adapters.trl``: see :mod:`e3core.adapters.trl.cli`."""
 
-from e3core.adapters.trl.cli import main
+import sys
+
+from e3core.adapters.trl.cli import run
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run())

@@ -351,7 +351,8 @@ def load_reward(spec: str, *, answer_column: str = "answer") -> RewardFunc:
     Args:
         spec: ``"exact"`` (`make_exact_reward`), ``"math"`` (`make_math_reward`), or
             ``"module:function"`` to import ``module`` and take its attribute ``function``
-            (a dotted path such as ``"pkg.rewards:Scorer.score"`` is followed). The attribute is
+            (a dotted path such as ``"pkg.rewards:Scorer.score"`` is followed), or TRL's form
+            ``"package.module.function"`` (the longest importable prefix is the module). The attribute is
             returned as is when it has a ``__name__``; a callable without one (a callable
             instance, a ``functools.partial``) is wrapped in a function named after the last
             part of the attribute path, async when the callable is async.
@@ -375,9 +376,12 @@ def load_reward(spec: str, *, answer_column: str = "answer") -> RewardFunc:
         return make_exact_reward(answer_column)
     if text == "math":
         return make_math_reward(answer_column)
+    if ":" not in text and "." in text:
+        text = _dotted_to_colon(text, spec)
     if text.count(":") != 1:
         raise ValueError(
-            f"spec must be one of {REWARD_NAMES} or 'module:function', got {_show(spec)}"
+            f"spec must be one of {REWARD_NAMES}, 'module:function' or 'package.module.function', "
+            f"got {_show(spec)}"
         )
     module_name, attr_path = (part.strip() for part in text.split(":"))
     if not module_name or not attr_path:
@@ -414,6 +418,27 @@ def load_reward(spec: str, *, answer_column: str = "answer") -> RewardFunc:
     if isinstance(getattr(obj, "__name__", None), str):
         return obj
     return _named(_wrap_unnamed(obj), attr_path.split(".")[-1])
+
+
+def _dotted_to_colon(text: str, spec: str) -> str:
+    """``"pkg.mod.func"`` as ``"pkg.mod:func"``: the longest importable prefix is the module."""
+    parts = text.split(".")
+    if not all(part.strip() for part in parts):
+        raise ValueError(f"spec={spec!r}: a dotted path needs a name between every two dots")
+    for cut in range(len(parts) - 1, 0, -1):
+        module_name = ".".join(parts[:cut])
+        try:
+            importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            missing = error.name or ""
+            if module_name == missing or module_name.startswith(missing + "."):
+                continue  # not a module: try a shorter prefix
+            raise  # the module exists but one of its own imports is missing: show that error
+        return f"{module_name}:{'.'.join(parts[cut:])}"
+    raise ValueError(
+        f"spec={spec!r}: no module named {parts[0]!r} (is it installed, or on sys.path / "
+        "PYTHONPATH?)"
+    )
 
 
 def _wrap_unnamed(obj: Callable[..., Any]) -> Callable[..., Any]:

@@ -304,6 +304,18 @@ def test_load_reward_module_function(reward_module):
     assert method(prompts=["p"], completions=["x"]) == [3.0]
 
 
+def test_load_reward_dotted_path_as_trl(reward_module):
+    # TRL's --reward_funcs form: package.module.function (the longest importable prefix).
+    assert load_reward(f"{reward_module}.length_reward") is load_reward(
+        f"{reward_module}:length_reward"
+    )
+    assert load_reward(f"{reward_module}.Scorer.score").__name__ == "score"
+    with pytest.raises(ValueError, match=r"has no attribute 'missing'"):
+        load_reward(f"{reward_module}.missing")
+    with pytest.raises(ModuleNotFoundError, match="e3_no_such_dependency_xyz"):
+        load_reward(f"{reward_module}_broken.f")
+
+
 def test_load_reward_names_unnamed_callables(reward_module):
     instance = load_reward(f"{reward_module}:scorer")
     assert instance.__name__ == "scorer"
@@ -339,8 +351,10 @@ def test_load_reward_errors(reward_module):
 @pytest.mark.parametrize(
     ("spec", "exc", "match"),
     [
-        ("", ValueError, r"one of \('exact', 'math'\) or 'module:function', got ''"),
-        ("Exact", ValueError, "one of .* or 'module:function', got 'Exact'"),
+        ("", ValueError, r"one of \('exact', 'math'\), 'module:function' or .*, got ''"),
+        ("Exact", ValueError, "one of .*, 'module:function' or .*, got 'Exact'"),
+        ("a..b", ValueError, "a name between every two dots"),
+        ("e3_no_such_module_xyz.f", ValueError, "no module named 'e3_no_such_module_xyz'"),
         ("a:b:c", ValueError, "got 'a:b:c'"),
         (":f", ValueError, "both parts non-empty, got ':f'"),
         ("mod:", ValueError, "both parts non-empty, got 'mod:'"),
