@@ -22,8 +22,24 @@ def check_float(
     high: float | None = None,
     low_open: bool = False,
     high_open: bool = False,
+    low_name: str | None = None,
+    high_name: str | None = None,
+    hint: str | None = None,
 ) -> float:
-    """Return ``value`` as a finite float inside the given bounds, or raise naming ``name``."""
+    """Return ``value`` as a finite float inside the given bounds, or raise naming ``name``.
+
+    Args:
+        name: The argument's name, for the message.
+        value: The value to check.
+        low: Lower bound (None: none).
+        high: Upper bound (None: none).
+        low_open: Exclude ``low`` itself.
+        high_open: Exclude ``high`` itself.
+        low_name: The setting ``low`` comes from; the message then reads
+            ``must be >= low_name (low)`` instead of ``must be >= low``.
+        high_name: The same for ``high``.
+        hint: Appended in parentheses to an out-of-bounds message (e.g. another way out).
+    """
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a real number, got {_show(value)}")
     out = float(value)
@@ -31,23 +47,52 @@ def check_float(
         raise ValueError(f"{name} must be finite, got {out}")
     if low is not None and (out < low or (low_open and out == low)):
         rel = ">" if low_open else ">="
-        raise ValueError(f"{name} must be {rel} {low}, got {out}")
+        raise ValueError(f"{name} must be {rel} {_bound(low, low_name)}, got {out}{_hint(hint)}")
     if high is not None and (out > high or (high_open and out == high)):
         rel = "<" if high_open else "<="
-        raise ValueError(f"{name} must be {rel} {high}, got {out}")
+        raise ValueError(f"{name} must be {rel} {_bound(high, high_name)}, got {out}{_hint(hint)}")
     return out
 
 
-def check_int(name: str, value: Any, *, low: int | None = None, high: int | None = None) -> int:
-    """Return ``value`` as an int inside ``[low, high]``, or raise naming ``name``."""
+def check_int(
+    name: str,
+    value: Any,
+    *,
+    low: int | None = None,
+    high: int | None = None,
+    low_name: str | None = None,
+    high_name: str | None = None,
+    hint: str | None = None,
+) -> int:
+    """Return ``value`` as an int inside ``[low, high]``, or raise naming ``name``.
+
+    Args:
+        name: The argument's name, for the message.
+        value: The value to check.
+        low: Lower bound (None: none).
+        high: Upper bound (None: none).
+        low_name: The setting ``low`` comes from; the message then reads
+            ``must be >= low_name (low)`` instead of ``must be >= low``.
+        high_name: The same for ``high``.
+        hint: Appended in parentheses to an out-of-bounds message (e.g. another way out).
+    """
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an integer, got {_show(value)}")
     out = int(value)
     if low is not None and out < low:
-        raise ValueError(f"{name} must be >= {low}, got {out}")
+        raise ValueError(f"{name} must be >= {_bound(low, low_name)}, got {out}{_hint(hint)}")
     if high is not None and out > high:
-        raise ValueError(f"{name} must be <= {high}, got {out}")
+        raise ValueError(f"{name} must be <= {_bound(high, high_name)}, got {out}{_hint(hint)}")
     return out
+
+
+def _bound(value: float, setting: str | None) -> str:
+    """A bound as an error message shows it: ``8``, or ``num_generations (8)`` when named."""
+    return str(value) if setting is None else f"{setting} ({value})"
+
+
+def _hint(hint: str | None) -> str:
+    return "" if hint is None else f" ({hint})"
 
 
 def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:

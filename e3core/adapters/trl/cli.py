@@ -16,7 +16,6 @@ Arguments are :class:`E3ScriptArguments` plus every :class:`E3GRPOConfig` field,
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 import re
@@ -35,7 +34,7 @@ from e3core._validation import check_float, check_int
 from e3core.adapters.trl.config import E3GRPOConfig
 from e3core.adapters.trl.trainer import E3GRPOTrainer
 
-__all__ = ["DEMO_DEFAULTS", "CliError", "E3ScriptArguments", "main", "run", "write_history"]
+__all__ = ["DEMO_DEFAULTS", "CliError", "E3ScriptArguments", "main", "run"]
 
 DEMO_DEFAULTS: dict[str, Any] = {
     "output_dir": "e3_trl_demo",
@@ -109,32 +108,6 @@ class E3ScriptArguments:
         default=False,
         metadata={"help": "Show the full traceback of a setup error (also: E3CORE_DEBUG=1)."},
     )
-
-
-def write_history(history: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
-    """Write per-generation-step metrics to CSV (counts as a space-separated string).
-
-    Args:
-        history: :attr:`E3GRPOTrainer.e3_history`.
-        path: The CSV file to write.
-
-    Returns:
-        The path written.
-    """
-    keys: list[str] = ["step"]
-    for row in history:
-        keys += [k for k in row if k not in keys]
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        for i, row in enumerate(history):
-            record = {**row, "step": i + 1}
-            if isinstance(record.get("counts"), list):
-                record["counts"] = " ".join(str(c) for c in record["counts"])
-            writer.writerow(record)
-    return out
 
 
 def _trajectory(history: Sequence[dict[str, Any]]) -> str:
@@ -280,12 +253,11 @@ def _save_plot(history: Sequence[dict[str, Any]], path: Path) -> Path | None:
     return demo_task.save_plot(rows, path)
 
 
-def _history_csv(trainer: E3GRPOTrainer, output_dir: str) -> Path:
-    """Where the run's per-generation-step metrics are (the trainer appends them as it goes)."""
-    path = getattr(trainer, "e3_history_path", None)
-    if path is not None and Path(path).is_file():
-        return Path(path)
-    return write_history(trainer.e3_history, Path(output_dir) / "e3_history.csv")
+def _history_csv(config: E3GRPOConfig) -> Path | None:
+    """The per-generation-step metrics file the trainer appended to (None when turned off)."""
+    if config.e3_history_file is None:
+        return None
+    return Path(config.output_dir) / config.e3_history_file
 
 
 def _run_demo(script: E3ScriptArguments, config: E3GRPOConfig) -> dict[str, Any]:
@@ -336,7 +308,7 @@ def _run_demo(script: E3ScriptArguments, config: E3GRPOConfig) -> dict[str, Any]
     if script.eval_k:
         after = demo_task.evaluate(trained, tokenizer, held_out, k=script.eval_k, seed=config.seed)
     history = trainer.e3_history
-    csv_path = _history_csv(trainer, config.output_dir)
+    csv_path = _history_csv(config)
     print()
     print(f"[e3] warm start: {warm.get('steps', 0):.0f} supervised steps")
     if before is not None and after is not None:
@@ -344,7 +316,8 @@ def _run_demo(script: E3ScriptArguments, config: E3GRPOConfig) -> dict[str, Any]
         print(demo_task.format_table(before.rows, after.rows))
     print("[e3] sampling temperature and token entropy over training:")
     print(_trajectory(history))
-    print(f"[e3] metrics CSV: {csv_path}")
+    if csv_path is not None:
+        print(f"[e3] metrics CSV: {csv_path}")
     png_path = _save_plot(history, Path(config.output_dir) / "e3_plot.png")
     if png_path is not None:
         print(f"[e3] plot:        {png_path}")
@@ -400,10 +373,12 @@ def _run_user(script: E3ScriptArguments, config: E3GRPOConfig) -> dict[str, Any]
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(config.output_dir)
     history = trainer.e3_history
-    csv_path = _history_csv(trainer, config.output_dir)
+    csv_path = _history_csv(config)
     print("[e3] sampling temperature and token entropy over training:")
     print(_trajectory(history))
-    print(f"[e3] model and metrics CSV in {config.output_dir} ({csv_path.name})")
+    print(f"[e3] model saved in {config.output_dir}")
+    if csv_path is not None:
+        print(f"[e3] metrics CSV: {csv_path}")
     return {"history": history, "csv": csv_path, "trainer": trainer}
 
 

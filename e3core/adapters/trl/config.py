@@ -119,10 +119,19 @@ class E3GRPOConfig(GRPOConfig):
             "whatever its number of completions."
         ),
     )
-    e3_prompt_id_column: str = field(
-        default="e3_prompt_id",
+    e3_prompt_id_column: str | None = field(
+        default=None,
         metadata=_help(
-            "Dataset column with a stable prompt id; without it a hash of the prompt is the id."
+            "Dataset column with a stable prompt id; it must exist in the training dataset. "
+            "None: the column 'e3_prompt_id' if the dataset has it, else a hash of the prompt "
+            "together with its images ('image' / 'images' columns) is the id."
+        ),
+    )
+    e3_history_file: str | None = field(
+        default="e3_history.csv",
+        metadata=_help(
+            "CSV (relative to output_dir) the main process appends one row of e3/ metrics to at "
+            "every generation step; trimmed on resume, overwritten by a fresh run (None: off)."
         ),
     )
     e3_seed: int | None = field(
@@ -139,10 +148,12 @@ class E3GRPOConfig(GRPOConfig):
         check_choice("e3_rank_by", self.e3_rank_by, RANK_BY)
         check_choice("e3_loss_weighting", self.e3_loss_weighting, WEIGHTING)
         g = self.num_generations
-        check_int("e3_min_per_prompt", self.e3_min_per_prompt, low=1, high=g)
+        check_int(
+            "e3_min_per_prompt", self.e3_min_per_prompt, low=1, high=g, high_name="num_generations"
+        )
         if self.e3_max_per_prompt is None:
             self.e3_max_per_prompt = 4 * g
-        check_int("e3_max_per_prompt", self.e3_max_per_prompt, low=g)
+        check_int("e3_max_per_prompt", self.e3_max_per_prompt, low=g, low_name="num_generations")
         check_float("e3_success_threshold", self.e3_success_threshold)
         check_float("e3_prior_alpha", self.e3_prior_alpha, low=0.0, low_open=True)
         check_float("e3_prior_beta", self.e3_prior_beta, low=0.0, low_open=True)
@@ -154,22 +165,41 @@ class E3GRPOConfig(GRPOConfig):
             check_int("e3_steps_per_epoch", self.e3_steps_per_epoch, low=1)
         check_int("e3_widen_per_epoch", self.e3_widen_per_epoch, low=0)
         if self.e3_widen_min is not None:
-            check_int("e3_widen_min", self.e3_widen_min, low=1, high=self.e3_min_per_prompt)
+            check_int(
+                "e3_widen_min",
+                self.e3_widen_min,
+                low=1,
+                high=self.e3_min_per_prompt,
+                high_name="e3_min_per_prompt",
+            )
         if self.e3_widen_max is not None:
-            check_int("e3_widen_max", self.e3_widen_max, low=self.e3_max_per_prompt)
+            check_int(
+                "e3_widen_max",
+                self.e3_widen_max,
+                low=self.e3_max_per_prompt,
+                low_name="e3_max_per_prompt",
+            )
         if self.e3_target_entropy is not None:
             check_float("e3_target_entropy", self.e3_target_entropy, low=0.0, low_open=True)
         check_int("e3_warmup_steps", self.e3_warmup_steps, low=1)
         check_float("e3_kp", self.e3_kp, low=0.0)
         check_float("e3_ki", self.e3_ki, low=0.0)
         check_float("e3_min_temperature", self.e3_min_temperature, low=0.0, low_open=True)
-        check_float("e3_max_temperature", self.e3_max_temperature, low=self.e3_min_temperature)
+        check_float(
+            "e3_max_temperature",
+            self.e3_max_temperature,
+            low=self.e3_min_temperature,
+            low_name="e3_min_temperature",
+        )
         if self.e3_controller != "none":
             check_float(
                 "temperature",
                 self.temperature,
                 low=self.e3_min_temperature,
                 high=self.e3_max_temperature,
+                low_name="e3_min_temperature",
+                high_name="e3_max_temperature",
+                hint="or set e3_controller none",
             )
         if self.e3_anneal_final_ratio is not None:
             check_float(
@@ -178,6 +208,24 @@ class E3GRPOConfig(GRPOConfig):
                 low=0.0,
                 high=1.0,
                 low_open=True,
+            )
+        # The command line spells None as text (TrlParser passes it through as a string).
+        for name in ("e3_prompt_id_column", "e3_history_file"):
+            if getattr(self, name) in ("None", "none", "null"):
+                setattr(self, name, None)
+        if self.e3_prompt_id_column is not None and (
+            not isinstance(self.e3_prompt_id_column, str) or not self.e3_prompt_id_column
+        ):
+            raise ValueError(
+                "e3_prompt_id_column must be a non-empty column name or None, got "
+                f"{self.e3_prompt_id_column!r}"
+            )
+        if self.e3_history_file is not None and (
+            not isinstance(self.e3_history_file, str) or not self.e3_history_file
+        ):
+            raise ValueError(
+                "e3_history_file must be a non-empty file name or None, got "
+                f"{self.e3_history_file!r}"
             )
         if self.e3_seed is not None:
             check_int("e3_seed", self.e3_seed)

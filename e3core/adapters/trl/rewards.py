@@ -352,10 +352,10 @@ def load_reward(spec: str, *, answer_column: str = "answer") -> RewardFunc:
         spec: ``"exact"`` (`make_exact_reward`), ``"math"`` (`make_math_reward`), or
             ``"module:function"`` to import ``module`` and take its attribute ``function``
             (a dotted path such as ``"pkg.rewards:Scorer.score"`` is followed), or TRL's form
-            ``"package.module.function"`` (the longest importable prefix is the module). The attribute is
-            returned as is when it has a ``__name__``; a callable without one (a callable
-            instance, a ``functools.partial``) is wrapped in a function named after the last
-            part of the attribute path, async when the callable is async.
+            ``"package.module.function"`` (the longest importable prefix is the module). The
+            attribute is returned as is when it has a ``__name__``; a callable without one (a
+            callable instance, a ``functools.partial``) is wrapped in a function named after the
+            last part of the attribute path, async when the callable is async.
         answer_column: The column holding the answers, for ``"exact"`` and ``"math"``; a
             ``"module:function"`` reward reads its own keyword arguments, so it ignores it.
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -312,3 +314,60 @@ def test_the_command_exits_2_with_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.splitlines()[-1].startswith("error: --dataset_name data.jsonl needs")
     assert "Traceback" not in done.stderr
+
+
+SLOW_REWARD = """
+import time
+
+
+def reward(completions, **kwargs):
+    time.sleep(0.3)  # keeps each step long enough to kill the run between two checkpoints
+    return [float(len(str(c)) % 2) for c in completions]
+"""
+
+
+def test_a_killed_user_run_resumes_with_every_history_row_once(tmp_path: Path, data: Path) -> None:
+    (tmp_path / "e3_slow_reward.py").write_text(SLOW_REWARD)
+    out = tmp_path / "out"
+    argv = [
+        sys.executable, "-m", "e3core.adapters.trl",
+        "--model_name_or_path", str(tmp_path / "model"), "--dataset_name", str(data),
+        "--prompt_column", "question", "--answer_column", "solution",
+        "--reward_funcs", "e3_slow_reward:reward", "--max_steps", "12",
+        "--per_device_train_batch_size", "8", "--num_generations", "4",
+        "--max_completion_length", "3", "--save_strategy", "steps", "--save_steps", "3",
+        "--report_to", "none", "--use_cpu", "true", "--disable_tqdm", "true",
+        "--output_dir", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    history = out / "e3_history.csv"
+
+    def steps() -> list[int]:
+        if not history.is_file():
+            return []
+        with history.open() as f:
+            return [int(row["global_step"]) for row in csv.DictReader(f)]
+
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, **quiet)
+    try:
+        deadline = time.monotonic() + 240
+        # Kill it once it has checkpointed at step 3 and logged generations past it.
+        while not ((out / "checkpoint-3").is_dir() and max(steps(), default=-1) >= 4):
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "the run did not reach step 4 in 240 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    killed = steps()
+    assert killed[:4] == [0, 1, 2, 3] and len(killed) < 12  # rows past the checkpoint exist
+    latest = max(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert (latest / "trainer_state.json").is_file()
+    resumed = subprocess.run(
+        [*argv, "--resume_from_checkpoint", str(latest)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert steps() == list(range(12))  # every generation step once, in order

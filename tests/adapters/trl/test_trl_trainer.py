@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -12,16 +13,22 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from datasets import Dataset
+from PIL import Image
 from trl_tiny import difficulty_reward, sum_dataset, tiny_model, tiny_tokenizer
 
 from e3core import group_advantages
+from e3core._validation import check_float, check_int
 from e3core.adapters.trl.config import E3GRPOConfig
 from e3core.adapters.trl.trainer import (
+    LAST_VALUE_METRICS,
     SCHEDULER_FILE,
     E3GRPOTrainer,
+    _prompt_key,
     fused_head_temperature,
     set_fused_head_temperature,
 )
+from e3core.prompt_keys import prompt_key
 
 B, G = 4, 4
 
@@ -59,6 +66,7 @@ def make(
     steps: int = 6,
     reward: Any = difficulty_reward,
     cls: type[E3GRPOTrainer] = Recording,
+    dataset: Dataset | None = None,
     **overrides: Any,
 ) -> E3GRPOTrainer:
     settings: dict[str, Any] = {
@@ -87,7 +95,7 @@ def make(
         processing_class=tiny_tokenizer(),
         reward_funcs=reward,
         args=args,
-        train_dataset=sum_dataset(),
+        train_dataset=sum_dataset() if dataset is None else dataset,
     )
 
 
@@ -311,3 +319,234 @@ def test_two_processes_agree_and_match_single_process_maths(tmp_path: Path) -> N
         got = np.array(s0["advantages"] + s1["advantages"])  # rank slices in order
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert any(len(set(s["counts"])) > 1 for s in ranks[0]["steps"])
+
+
+# ---------------------------------------------------------------------- default args (A)
+def test_no_args_builds_a_default_e3_config(tmp_path: Path, monkeypatch: Any) -> None:
+    import transformers.training_args
+
+    # the defaults ask for bf16, which transformers refuses on a machine without a GPU
+    monkeypatch.setattr(transformers.training_args, "is_torch_bf16_gpu_available", lambda: True)
+    monkeypatch.chdir(tmp_path)
+    model = tiny_model()
+    model.config._name_or_path = "org/tiny-qwen"
+    for extra in ({}, {"args": None}):
+        trainer = E3GRPOTrainer(
+            model=model,
+            reward_funcs=difficulty_reward,
+            processing_class=tiny_tokenizer(),
+            train_dataset=sum_dataset(),
+            **extra,
+        )
+        assert type(trainer.args) is E3GRPOConfig
+        # TRL names its default output_dir "<model>-GRPO"; E3's is "<model>-E3GRPO"
+        assert trainer.args.output_dir == "tiny-qwen-E3GRPO"
+        assert trainer.args.e3_enabled and trainer.args.e3_allocator == "knapsack"
+        assert trainer.args.e3_prompt_id_column is None
+        assert trainer.args.e3_history_file == "e3_history.csv"
+
+
+# ---------------------------------------------------------------------- logging (C)
+def test_counters_are_logged_as_their_last_value(tmp_path: Path) -> None:
+    trainer = make(tmp_path, steps=4, logging_steps=2)
+    trainer.train()
+    history = trainer.e3_history
+    logged = [h for h in trainer.state.log_history if "e3/step" in h]
+    assert [h["e3/step"] for h in logged] == [2.0, 4.0]  # not the window means 1.5 and 3.5
+    for log, last, window in zip(logged, (history[1], history[3]), (history[:2], history[2:])):
+        for key in LAST_VALUE_METRICS & set(last):
+            assert log[key] == pytest.approx(last[key]), key
+        # per-step measurements are still averaged over the window, as TRL averages its own
+        mean = np.mean([h["e3/mixed_share"] for h in window])
+        assert log["e3/mixed_share"] == pytest.approx(mean)
+    assert {"e3/step", "e3/epoch", "e3/entropy_skipped", "e3/tracked_prompts"} <= set(
+        LAST_VALUE_METRICS
+    )
+
+
+# ---------------------------------------------------------------------- prompt identity (D, E)
+def _image(color: tuple[int, int, int]) -> Image.Image:
+    return Image.new("RGB", (4, 3), color)
+
+
+def test_prompt_identity_includes_the_images() -> None:
+    text = "What colour is this?"
+    red, blue = _image((255, 0, 0)), _image((0, 0, 255))
+    key_red = _prompt_key({"prompt": text, "image": red}, None)
+    assert key_red != _prompt_key({"prompt": text, "image": blue}, None)
+    # same pixels in another object, or as a one-image list: the same prompt
+    assert key_red == _prompt_key({"prompt": text, "image": _image((255, 0, 0))}, None)
+    assert key_red == _prompt_key({"prompt": text, "images": [red]}, None)
+    assert key_red != _prompt_key({"prompt": text, "images": [red, red]}, None)
+    # text alone keys as before images counted, and differs from text plus an image
+    assert _prompt_key({"prompt": text}, None) == prompt_key(text)
+    assert _prompt_key({"prompt": text, "images": []}, None) == prompt_key(text)
+    assert _prompt_key({"prompt": text, "image": None}, None) == prompt_key(text)
+    assert key_red != prompt_key(text)
+    # images inside a chat, arrays and raw bytes are digested by content too
+    chat = [{"role": "user", "content": [{"type": "image", "image": red}]}]
+    chat_blue = [{"role": "user", "content": [{"type": "image", "image": blue}]}]
+    assert _prompt_key({"prompt": chat}, None) != _prompt_key({"prompt": chat_blue}, None)
+    arr = np.zeros((2, 2, 3), dtype=np.uint8)
+    assert _prompt_key({"prompt": text, "image": arr}, None) == _prompt_key(
+        {"prompt": text, "image": arr.copy()}, None
+    )
+    assert _prompt_key({"prompt": text, "image": arr}, None) != _prompt_key(
+        {"prompt": text, "image": arr + 1}, None
+    )
+    assert _prompt_key({"prompt": text, "image": {"bytes": b"png1"}}, None) != _prompt_key(
+        {"prompt": text, "image": {"bytes": b"png2"}}, None
+    )
+    # an id column wins over everything else
+    assert _prompt_key({"prompt": text, "image": red, "uid": 7}, "uid") == 7
+
+
+def test_prompt_identity_refuses_objects_it_cannot_hash_stably() -> None:
+    class Opaque:
+        pass
+
+    with pytest.raises(ValueError, match=r"cannot hash stably.*e3_prompt_id_column"):
+        _prompt_key({"prompt": "p", "image": Opaque()}, None)
+    with pytest.raises(ValueError, match=r"e3_prompt_id_column='uid'.*no value"):
+        _prompt_key({"prompt": "p", "uid": None}, "uid", required=True)
+
+
+def test_explicit_prompt_id_column_must_be_a_dataset_column(tmp_path: Path) -> None:
+    with pytest.raises(ValueError) as info:
+        make(tmp_path, e3_prompt_id_column="uid")
+    assert str(info.value).startswith(
+        "e3_prompt_id_column='uid' is not a column of the training dataset "
+        "(its columns: ['prompt', 'answer'])"
+    )
+
+
+@pytest.mark.parametrize(
+    ("column_name", "setting"), [("e3_prompt_id", None), ("uid", "uid"), (None, None)]
+)
+def test_prompt_ids_come_from_the_id_column(
+    tmp_path: Path, column_name: str | None, setting: str | None
+) -> None:
+    data = sum_dataset(16)
+    ids = [f"prompt-{i}" for i in range(len(data))]
+    if column_name is not None:
+        data = data.add_column(column_name, ids)
+    trainer = make(tmp_path, steps=2, dataset=data, e3_prompt_id_column=setting)
+    trainer.train()
+    tracker = trainer.e3_scheduler.tracker
+    assert len(tracker) == 8
+    known = [i for i in ids if i in tracker]
+    if column_name is None:  # hashed prompts
+        assert known == []
+        assert sum(prompt_key(p) in tracker for p in set(data["prompt"])) == len(tracker)
+    else:
+        assert len(known) == 8
+
+
+# ---------------------------------------------------------------------- error messages (F)
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"e3_min_per_prompt": 100},
+            f"e3_min_per_prompt must be <= num_generations ({G}), got 100",
+        ),
+        ({"e3_max_per_prompt": 2}, f"e3_max_per_prompt must be >= num_generations ({G}), got 2"),
+        (
+            {"e3_min_per_prompt": 2, "e3_widen_min": 3},
+            "e3_widen_min must be <= e3_min_per_prompt (2), got 3",
+        ),
+        (
+            {"e3_max_per_prompt": 16, "e3_widen_max": 10},
+            "e3_widen_max must be >= e3_max_per_prompt (16), got 10",
+        ),
+        (
+            {"e3_max_temperature": 0.4},
+            "e3_max_temperature must be >= e3_min_temperature (0.5), got 0.4",
+        ),
+        (
+            {"temperature": 2.0},
+            "temperature must be <= e3_max_temperature (1.5), got 2.0 (or set e3_controller none)",
+        ),
+        (
+            {"temperature": 0.2},
+            "temperature must be >= e3_min_temperature (0.5), got 0.2 (or set e3_controller none)",
+        ),
+    ],
+)
+def test_config_errors_name_the_setting_behind_a_bound(
+    tmp_path: Path, overrides: dict, message: str
+) -> None:
+    with pytest.raises(ValueError) as info:
+        E3GRPOConfig(output_dir=str(tmp_path), use_cpu=True, num_generations=G, **overrides)
+    assert str(info.value) == message
+
+
+def test_validation_messages_without_bound_names_are_unchanged() -> None:
+    with pytest.raises(ValueError) as info:
+        check_int("n", 100, high=8)
+    assert str(info.value) == "n must be <= 8, got 100"
+    with pytest.raises(ValueError) as info:
+        check_float("x", 0.0, low=0.0, low_open=True)
+    assert str(info.value) == "x must be > 0.0, got 0.0"
+    with pytest.raises(ValueError) as info:
+        check_float("x", 2.0, high=1.0, high_name="cap", hint="or raise cap")
+    assert str(info.value) == "x must be <= cap (1.0), got 2.0 (or raise cap)"
+
+
+# ---------------------------------------------------------------------- metrics file (G)
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_history_csv_has_one_row_per_generation_step(tmp_path: Path) -> None:
+    path = tmp_path / "out" / "e3_history.csv"
+    path.parent.mkdir(parents=True)
+    path.write_text("global_step,stale\n99,old run\n")  # a fresh run overwrites it
+    trainer = make(tmp_path, steps=3)
+    trainer.train()
+    rows = _read_csv(path)
+    assert [r["global_step"] for r in rows] == ["0", "1", "2"]
+    assert [r["generation"] for r in rows] == ["1", "2", "3"]
+    assert "stale" not in rows[0]
+    for row, entry in zip(rows, trainer.e3_history):
+        assert row["counts"] == " ".join(str(c) for c in entry["counts"])
+        assert float(row["e3/step"]) == entry["e3/step"]
+        assert float(row["reward"]) == pytest.approx(entry["reward"])
+    # the first step has no entropy yet: the column was added when it came, empty before
+    assert rows[0]["e3/entropy"] == "" and float(rows[1]["e3/entropy"]) > 0
+    assert list(rows[0])[:2] == ["global_step", "generation"]
+
+
+def test_history_csv_can_be_turned_off(tmp_path: Path) -> None:
+    trainer = make(tmp_path, steps=1, e3_history_file=None)
+    trainer.train()
+    assert not (tmp_path / "out" / "e3_history.csv").exists()
+    assert len(trainer.e3_history) == 1
+
+
+def test_history_csv_after_a_crash_and_resume_holds_every_step_once(tmp_path: Path) -> None:
+    settings = {"save_strategy": "steps", "save_steps": 2}
+    first = make(tmp_path, steps=4, cls=E3GRPOTrainer, **settings)
+    first.train()
+    path = tmp_path / "out" / "e3_history.csv"
+    rows = _read_csv(path)
+    assert [r["global_step"] for r in rows] == ["0", "1", "2", "3"]
+    # a run that crashed after checkpoint-2 had written rows past it (and maybe more)
+    fields = list(rows[0])
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows[:2])
+        for step in (2, 3, 5):
+            writer.writerow({"global_step": step, "generation": step + 1, "counts": "bogus"})
+    resumed = make(tmp_path, steps=4, cls=E3GRPOTrainer, **settings)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
+    after = _read_csv(path)
+    assert [r["global_step"] for r in after] == ["0", "1", "2", "3"]
+    assert [r["generation"] for r in after] == ["1", "2", "3", "4"]
+    assert after[:2] == rows[:2]
+    assert len(resumed.e3_history) == 2
+    for row, entry in zip(after[2:], resumed.e3_history):
+        assert row["counts"] == " ".join(str(c) for c in entry["counts"])
+        assert float(row["e3/step"]) == entry["e3/step"]
