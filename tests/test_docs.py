@@ -8,10 +8,13 @@
    few and explained. Any unmarked block that raises fails the test. The examples are tiny, so
    they run with one intra-op thread: on a shared 2-core machine OpenMP barriers otherwise
    stall every small torch op (see benchmarks/RESULTS.md, Core).
-3. ``mkdocs build --strict`` succeeds (warnings are errors).
+3. ``mkdocs build --strict`` succeeds (warnings are errors), and the TRL adapter's API page
+   lists every ``e3_`` field of ``E3GRPOConfig`` (a table the ``docs/scripts/config_fields.py``
+   hook builds from the dataclass).
 """
 
-import ast
+import dataclasses
+import importlib.util
 import os
 import re
 import subprocess
@@ -99,18 +102,53 @@ def test_verl_guide_lists_every_setting():
     assert not missing, f"E3Settings fields missing from docs/guides/verl.md: {missing}"
 
 
+def e3_config_field_names() -> list[str]:
+    """Names of ``E3GRPOConfig``'s ``e3_`` dataclass fields (skips the test without TRL)."""
+    pytest.importorskip("trl")
+    from e3core.adapters.trl.config import E3GRPOConfig
+
+    return [f.name for f in dataclasses.fields(E3GRPOConfig) if f.name.startswith("e3_")]
+
+
+def load_config_fields_hook():
+    """The mkdocs hook ``docs/scripts/config_fields.py``, imported as a module."""
+    path = DOCS / "scripts" / "config_fields.py"
+    spec = importlib.util.spec_from_file_location("docs_config_fields", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_trl_guide_lists_every_setting():
-    source = (ROOT / "e3core" / "adapters" / "trl" / "config.py").read_text()
-    fields = [
-        node.target.id
-        for node in ast.walk(ast.parse(source))
-        if isinstance(node, ast.AnnAssign)
-        and isinstance(node.target, ast.Name)
-        and node.target.id.startswith("e3_")
-    ]
+    fields = e3_config_field_names()
     text = (DOCS / "guides" / "trl.md").read_text()
     missing = [name for name in fields if f"`{name}`" not in text]
     assert fields and not missing, f"E3GRPOConfig fields missing from docs/guides/trl.md: {missing}"
+
+
+def test_config_fields_table_rows_and_escaping():
+    hook = load_config_fields_hook()
+
+    @dataclasses.dataclass
+    class Demo:
+        e3_plain: int = dataclasses.field(default=2, metadata={"help": "Two | three <four>."})
+        e3_union: "int | None" = None
+        e3_listed: list = dataclasses.field(default_factory=lambda: [1, 2])
+        other: int = 0
+
+    table = hook.fields_table(Demo).splitlines()
+    assert table[0] == "| Field | Type | Default | Description |"
+    assert table[2] == r"| `e3_plain` | `int` | `2` | Two \| three &lt;four>. |"
+    assert table[3] == "| `e3_union` | `int | None` | `None` |  |"
+    assert table[4] == "| `e3_listed` | `list` | `[1, 2]` |  |"
+    assert len(table) == 5, "only e3_ fields are listed"
+    page = hook.on_page_markdown(f"intro\n\n{hook.MARKER}\n\nafter\n")
+    assert hook.MARKER not in page
+
+
+def test_trl_api_page_has_the_fields_marker():
+    hook = load_config_fields_hook()
+    assert hook.MARKER in (API / "trl.md").read_text()
 
 
 # ----------------------------------------------------------------------------- examples
@@ -155,8 +193,10 @@ def test_page_examples_run(page, tmp_path, monkeypatch, capsys):
 
 
 # ----------------------------------------------------------------------------- the build
-def test_mkdocs_build_strict(tmp_path):
-    site = tmp_path / "site"
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """The site built by ``mkdocs build --strict`` (once for this module's tests)."""
+    site = tmp_path_factory.mktemp("docs") / "site"
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
@@ -167,6 +207,37 @@ def test_mkdocs_build_strict(tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stderr[-5000:]}"
+    return site
+
+
+def test_mkdocs_build_strict(site):
     html = "".join(p.read_text() for p in (site / "api").rglob("index.html"))
     missing = [name for name in public_names() if f'id="{name}"' not in html]
     assert not missing, f"no anchor in the built API reference for: {missing}"
+
+
+def test_trl_api_page_lists_every_e3_field(site):
+    fields = e3_config_field_names()
+    html = (site / "api" / "trl" / "index.html").read_text()
+    table = html[html.find('id="the-e3_-fields"') :]
+    missing = [name for name in fields if f"<td><code>{name}</code></td>" not in table]
+    assert fields and not missing, f"E3GRPOConfig fields missing from api/trl/index.html: {missing}"
+
+
+EXTERNAL_ASSET = re.compile(
+    r"<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)=[\"'](?:https?:)?//[^\"']*", flags=re.I
+)
+
+
+def test_built_site_loads_nothing_from_the_network(site):
+    """Scripts, styles, fonts and images all come from the site itself (the docs read offline).
+
+    Links to other sites (``<a href>``) are fine. ``docs/scripts/check_site.py`` checks the same
+    in a browser, where requests made by scripts are seen too.
+    """
+    found = {}
+    for page in site.rglob("*.html"):
+        hits = EXTERNAL_ASSET.findall(page.read_text())
+        if hits:
+            found[str(page.relative_to(site))] = hits[:3]
+    assert not found, f"pages that load assets from the network: {found}"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Launch verl's stock trainer with an e3core recipe from this folder.
 #   bash adapters/verl/run_e3.sh e3_paper|e3_recommended [hydra overrides ...]
-# Needs: pip install "e3core[verl]" (verl 0.9.1; its plugin entry point registers e3core), GPUs,
+# Needs: pip install -e ".[verl]" in an e3core clone (verl 0.9.1; its plugin entry point registers e3core), GPUs,
 # and a rollout engine (vLLM or SGLang). Typical overrides:
 #   actor_rollout_ref.model.path=<hub id or folder>
 #   data.train_files=<train.parquet> data.val_files=<test.parquet>   (verl's data format)

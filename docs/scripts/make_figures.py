@@ -5,7 +5,9 @@ temperature :math:`T` is :math:`H_t(T) = h_t T^{\gamma}` with :math:`\gamma = 1.
 entropy :math:`h_t` that collapses from 0.6 toward 0.4 nats (the decline E3 exists to stop) and
 drops by another 10 % at step 150 (a sudden change, e.g. of the data), measured with 3 %
 multiplicative noise. Same noise draws for every controller.
-Writes ``docs/img/temperature_sim.png``.
+Writes ``docs/img/temperature_sim.png``. (The docs' allocation figure,
+``docs/img/allocation_sim.png``, is a copy of ``benchmarks/allocation_sim.png``, drawn by
+``benchmarks/allocation_sim.py``; its ``--replot`` redraws it from the CSV of a run.)
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def main() -> None:
         "PI, kp = ki = 0.1": run(PITemperatureController(), noise),
     }
     steps = np.arange(1, STEPS + 1)
-    fig, (ax_t, ax_h) = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    fig, (ax_t, ax_h) = plt.subplots(1, 2, figsize=(10, 4.4), layout="constrained")
     styles = {"linewidth": 1.2}
     for (label, (temps, ents, _)), dash in zip(runs.items(), ["-", "-", "-", ":"], strict=True):
         ax_t.plot(steps, temps, dash, label=label, **styles)
@@ -68,8 +70,8 @@ def main() -> None:
     )
     ax_t.set(xlabel="step", ylabel="sampling temperature", title="temperature")
     ax_h.set(xlabel="step", ylabel="token entropy (nats)", title="entropy (simulated plant)")
-    ax_t.legend(fontsize=8)
-    ax_h.legend(fontsize=8)
+    # One legend for both panels, below them, so that it hides no data.
+    fig.legend(*ax_h.get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=9.5)
     fig.savefig(OUT, dpi=100)
     print(f"wrote {OUT}")
 

@@ -75,8 +75,8 @@ def triton_available() -> bool:
 def _triton_module() -> ModuleType:
     if not triton_available():
         raise ImportError(
-            "backend='triton' needs the triton package; install it with "
-            "`pip install e3core[triton]` (or use backend='torch')"
+            "backend='triton' needs the triton package; install it with `pip install triton` "
+            "(or, in an e3core clone, `pip install -e '.[triton]'`), or use backend='torch'"
         )
     from . import triton_entropy
 

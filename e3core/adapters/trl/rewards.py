@@ -265,7 +265,8 @@ def make_math_reward(
         from math_verify.errors import TimeoutException
     except ImportError as error:  # pragma: no cover - math-verify is in the [trl] extra
         raise ImportError(
-            'math_reward needs math-verify: pip install "e3core[trl]" (or math-verify)'
+            "math_reward needs math-verify: pip install math-verify (or, in an e3core clone, "
+            "pip install -e '.[trl]')"
         ) from error
 
     def safe_parse(text: str) -> list[Any]:
