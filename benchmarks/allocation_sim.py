@@ -18,11 +18,11 @@ all methods within a seed, so differences are paired):
 * ``e3-rank``: the E3 rank rule (arXiv 2505.18573) through :class:`e3core.E3Scheduler` with the
   all-time accuracy rank frozen at epoch ends, bounds 2..32; ``e3-rank paper-bounds``: the
   paper's own configuration (:meth:`e3core.E3Scheduler.paper`: 8..8, then 6..10, then 4..12).
-* ``pk-info`` / ``pk-mixed``: Knapsack RL's point-estimate knapsack (arXiv 2509.25849), written
-  here as the peer baseline: :math:`\hat p_i` is the success rate of the prompt's last group, the
-  value is :math:`V(n,\hat p) = [1-\hat p^n-(1-\hat p)^n]\,\hat p(1-\hat p)^2` (``info``) or
-  :math:`1-\hat p^n-(1-\hat p)^n` (``mixed``); :math:`\hat p\in\{0,1\}` gets the minimum and unseen
-  prompts a uniform share.
+* ``pk-info`` / ``pk-mixed``: Knapsack RL's point-estimate knapsack (arXiv 2509.25849), the
+  peer baseline written in ``peers.py``: :math:`\hat p_i` is the success rate of the prompt's last
+  group, the value is :math:`V(n,\hat p) = [1-\hat p^n-(1-\hat p)^n]\,\hat p(1-\hat p)^2`
+  (``info``) or :math:`1-\hat p^n-(1-\hat p)^n` (``mixed``); :math:`\hat p\in\{0,1\}` gets the
+  minimum and unseen prompts a uniform share.
 * e3core's :class:`~e3core.KnapsackAllocator` (``mixed``, ``info_gain``) and
   :class:`~e3core.ThompsonAllocator` (``mixed``) over :class:`~e3core.BetaDifficultyTracker`
   posteriors with the Beta(1, 1) prior, a refitted Beta prior or a refitted grid prior
@@ -42,13 +42,13 @@ captures, :math:`(m - u)/(o - u)`, from the realised outcomes and from the expec
 Run ``python benchmarks/allocation_sim.py`` (about 3-4 minutes on 2 cores), ``--quick`` for a
 smoke test, ``--variants`` for the extra configurations used to pick the best one (refit
 cadence, grid size, decay, Thompson info_gain, a grid prior per data source and per source x
-response-length tercile; about 8 minutes), ``--only PREFIX,...`` to run a few methods.
+response-length tercile; about 8 minutes), ``--only PREFIX,...`` to run a few methods,
+``--replot`` to redraw the PNG from the CSV of an earlier run (no simulation, ~2 s).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import sys
 import time
@@ -58,6 +58,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import OUT_DIR, REPO, print_table, pyplot, read_csv, write_csv
+from peers import PointKnapsack
 from scipy import special
 
 from e3core import (
@@ -71,9 +73,7 @@ from e3core import (
     UniformAllocator,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "difficulty_levels.csv"
-DEFAULT_OUT = REPO / "benchmarks" / "out"
 PAPER_VOCAB = 152_064  # Qwen2.5 vocabulary; only the (unused) temperature rule needs it
 P_BUCKETS = np.linspace(0.0, 1.0, 11)
 
@@ -97,8 +97,7 @@ def load_correct_counts(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]
             f"error: difficulty data not found at {path}; pass --data PATH to "
             "difficulty_levels.csv (columns data_source, wrong_of_10, mean_response_tokens)"
         )
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = read_csv(path)
     if not rows or "wrong_of_10" not in rows[0]:
         raise SystemExit(f"error: {path} has no 'wrong_of_10' column")
     wrong = np.array([int(row["wrong_of_10"]) for row in rows], dtype=np.int64)
@@ -131,6 +130,16 @@ def draw_true_rates(correct: np.ndarray, rng: np.random.Generator, how: str) -> 
 
 
 # ----------------------------------------------------------------------- policies
+def rollout_mask(outcomes: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``[B, max]`` bool: rollout ``k`` of prompt ``i`` was generated (``k < counts[i]``)."""
+    return np.arange(outcomes.shape[1])[None, :] < counts[:, None]
+
+
+def successes(outcomes: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Successes of each prompt's group: the true ``outcomes`` among its ``counts`` rollouts."""
+    return (outcomes & rollout_mask(outcomes, counts)).sum(axis=1)
+
+
 class Policy:
     """One allocation method: counts before generation, outcomes after."""
 
@@ -175,13 +184,46 @@ class SchedulerPolicy(Policy):
 
     def observe(self, ids: np.ndarray, counts: np.ndarray, outcomes: np.ndarray) -> None:
         """See :class:`Policy`."""
-        mask = np.arange(outcomes.shape[1])[None, :] < counts[:, None]
-        rewards = outcomes[mask].astype(np.float64)  # row-major: prompt by prompt
+        rewards = outcomes[rollout_mask(outcomes, counts)].astype(np.float64)  # prompt by prompt
         group_ids = np.repeat(np.arange(len(ids)), counts)
         self.scheduler.observe(ids, rewards, group_ids)
 
 
-class TrackerPolicy(Policy):
+class RefittingPolicy(Policy):
+    """A policy that learns from each step's successes and refits a prior on a cadence.
+
+    ``observe`` hands the successes to :meth:`record`, then refits every ``refit_every`` steps;
+    ``end_epoch`` refits too. Subclasses implement :meth:`record` and :meth:`refit`.
+
+    Args:
+        refit_every: Refit cadence in steps (also at every epoch end); ``None``: epoch ends only.
+    """
+
+    def __init__(self, refit_every: int | None) -> None:
+        self.refit_every = refit_every
+        self.step = 0
+
+    def record(self, ids: np.ndarray, succ: np.ndarray, counts: np.ndarray) -> None:
+        """Learn from one step: ``succ`` successes out of ``counts`` rollouts per prompt."""
+        raise NotImplementedError
+
+    def refit(self) -> None:
+        """Refit the prior(s) from what was recorded."""
+        raise NotImplementedError
+
+    def observe(self, ids: np.ndarray, counts: np.ndarray, outcomes: np.ndarray) -> None:
+        """See :class:`Policy`."""
+        self.record(ids, successes(outcomes, counts), counts)
+        self.step += 1
+        if self.refit_every is not None and self.step % self.refit_every == 0:
+            self.refit()
+
+    def end_epoch(self) -> None:
+        """See :class:`Policy`."""
+        self.refit()
+
+
+class TrackerPolicy(RefittingPolicy):
     r"""e3core's tracker and an allocator, with prior refits every ``refit_every`` steps.
 
     Args:
@@ -203,85 +245,33 @@ class TrackerPolicy(Policy):
         grid_size: int = 101,
         seed: int = 0,
     ) -> None:
+        super().__init__(refit_every)
         self.allocator = allocator
         self.prior = prior
-        self.refit_every = refit_every
         self.grid_size = grid_size
         self.tracker = BetaDifficultyTracker(decay=decay)
         self.rng = np.random.default_rng(seed)
-        self.step = 0
 
     def plan(self, ids: np.ndarray, budget: Budget) -> np.ndarray:
         """See :class:`Policy`."""
         return self.allocator.allocate(self.tracker.posterior(ids), budget, rng=self.rng)
 
-    def observe(self, ids: np.ndarray, counts: np.ndarray, outcomes: np.ndarray) -> None:
-        """See :class:`Policy`."""
-        mask = np.arange(outcomes.shape[1])[None, :] < counts[:, None]
-        self.tracker.update(ids, (outcomes & mask).sum(axis=1), counts)
-        self.step += 1
-        if self.refit_every is not None and self.step % self.refit_every == 0:
-            self._refit()
+    def record(self, ids: np.ndarray, succ: np.ndarray, counts: np.ndarray) -> None:
+        """See :class:`RefittingPolicy`."""
+        self.tracker.update(ids, succ, counts)
 
-    def end_epoch(self) -> None:
-        """See :class:`Policy`."""
-        self._refit()
-
-    def _refit(self) -> None:
+    def refit(self) -> None:
+        """See :class:`RefittingPolicy`: no refit with the Beta(1, 1) prior or under 64 prompts."""
         if self.prior is not None and len(self.tracker) >= 64:
             self.tracker.fit_prior(self.prior, grid_size=self.grid_size)
 
 
-class PointKnapsackPolicy(Policy):
-    r"""Knapsack RL's rule (arXiv 2509.25849), the peer baseline, written for this benchmark.
-
-    :math:`\hat p` is the success rate of the prompt's last group (no uncertainty). Prompts never
-    seen get the uniform share, prompts with :math:`\hat p \in \{0, 1\}` the minimum, and the rest
-    of the budget goes to the others by exact greedy knapsack on the concave value
-    :math:`V(n,\hat p) = [1-\hat p^n-(1-\hat p)^n]\,w(\hat p)`, :math:`w = \hat p(1-\hat p)^2`
-    (``"info"``) or 1 (``"mixed"``). Budget a knapsack cannot use is spread round-robin.
-
-    Args:
-        value: ``"info"`` or ``"mixed"``.
-        num_prompts: Size of the prompt id space.
-    """
-
-    def __init__(self, value: str, num_prompts: int) -> None:
-        self.value = value
-        self.last = np.full(num_prompts, np.nan)
-
-    def plan(self, ids: np.ndarray, budget: Budget) -> np.ndarray:
-        """See :class:`Policy`."""
-        lo = budget.min_per_prompt
-        hi = budget.max_per_prompt or budget.total
-        num = len(ids)
-        p_hat = self.last[ids]
-        unseen = np.isnan(p_hat)
-        mid = ~unseen & (p_hat > 0) & (p_hat < 1)
-        counts = np.full(num, lo, dtype=np.int64)
-        counts[unseen] = min(max(budget.total // num, lo), hi)
-        spare = budget.total - int(counts.sum())
-        pos = np.flatnonzero(mid)
-        if spare > 0 and len(pos):
-            p = p_hat[pos][:, None]
-            n = np.arange(lo, hi, dtype=np.float64)[None, :]
-            w = p * (1.0 - p) ** 2 if self.value == "info" else np.ones_like(p)
-            gain = (w * (p**n * (1.0 - p) + p * (1.0 - p) ** n)).ravel()
-            take = np.argsort(-gain, kind="stable")[:spare]
-            add = np.bincount(take // (hi - lo), minlength=len(pos))
-            counts[pos] += add
-            spare -= int(add.sum())
-        while spare > 0:  # the knapsack prompts are full: spread the rest
-            room = np.flatnonzero(counts < hi)
-            step = room[:spare]
-            counts[step] += 1
-            spare -= len(step)
-        return counts
+class PointKnapsackPolicy(PointKnapsack, Policy):
+    """Knapsack RL's rule (:class:`peers.PointKnapsack`, the peer baseline) as a policy."""
 
     def observe(self, ids: np.ndarray, counts: np.ndarray, outcomes: np.ndarray) -> None:
-        """See :class:`Policy`."""
-        mask = np.arange(outcomes.shape[1])[None, :] < counts[:, None]
-        self.last[ids] = (outcomes & mask).sum(axis=1) / counts
+        """See :class:`Policy`: each prompt's last group sets its point estimate."""
+        self.record(ids, successes(outcomes, counts), counts)
 
 
 class TruePosterior:
@@ -385,11 +375,10 @@ class BayesLimitPolicy(Policy):
 
     def observe(self, ids: np.ndarray, counts: np.ndarray, outcomes: np.ndarray) -> None:
         """See :class:`Policy`."""
-        mask = np.arange(outcomes.shape[1])[None, :] < counts[:, None]
-        self.tracker.update(ids, (outcomes & mask).sum(axis=1), counts)
+        self.tracker.update(ids, successes(outcomes, counts), counts)
 
 
-class StratifiedGridPolicy(Policy):
+class StratifiedGridPolicy(RefittingPolicy):
     """One tracker and fitted grid prior per stratum (e.g. data source), knapsack (mixed).
 
     Args:
@@ -399,12 +388,11 @@ class StratifiedGridPolicy(Policy):
     """
 
     def __init__(self, strata: np.ndarray, refit_every: int = 25, value: str = "mixed") -> None:
+        super().__init__(refit_every)
         self.labels, self.codes = np.unique(strata, return_inverse=True)
         self.trackers = [BetaDifficultyTracker() for _ in self.labels]
-        self.refit_every = refit_every
         self._alloc = KnapsackAllocator(value)
         self.grid = np.linspace(0.0, 1.0, 101)
-        self.step = 0
 
     def plan(self, ids: np.ndarray, budget: Budget) -> np.ndarray:
         """See :class:`Policy`."""
@@ -413,30 +401,22 @@ class StratifiedGridPolicy(Policy):
         for k in np.unique(codes):
             sel = codes == k
             tracker = self.trackers[k]
-            prior = tracker.prior_weights
+            prior = tracker.prior.weights if tracker.prior.kind == "grid" else None
             if prior is None:  # before the first fit: flat, like Beta(1, 1)
                 prior = np.full(len(self.grid), 1.0 / len(self.grid))
             s, f = tracker.counts(ids[sel])
             w[sel] = grid_posterior_weights(self.grid, prior, s, f)
         return self._alloc.allocate(GridPosterior(self.grid, w), budget)
 
-    def observe(self, ids: np.ndarray, counts: np.ndarray, outcomes: np.ndarray) -> None:
-        """See :class:`Policy`."""
-        mask = np.arange(outcomes.shape[1])[None, :] < counts[:, None]
-        succ = (outcomes & mask).sum(axis=1)
+    def record(self, ids: np.ndarray, succ: np.ndarray, counts: np.ndarray) -> None:
+        """See :class:`RefittingPolicy`: each prompt's counts go to its stratum's tracker."""
         codes = self.codes[ids]
         for k in np.unique(codes):
             sel = codes == k
             self.trackers[k].update(ids[sel], succ[sel], counts[sel])
-        self.step += 1
-        if self.step % self.refit_every == 0:
-            self._refit()
 
-    def end_epoch(self) -> None:
-        """See :class:`Policy`."""
-        self._refit()
-
-    def _refit(self) -> None:
+    def refit(self) -> None:
+        """See :class:`RefittingPolicy`: each stratum of at least 64 prompts refits its grid."""
         for tracker in self.trackers:
             if len(tracker) >= 64:
                 tracker.fit_prior("grid", grid_size=len(self.grid))
@@ -512,56 +492,33 @@ def methods(variants: bool) -> list[Method]:
         Method("pk-mixed (point p, V=mixed)", lambda s, w: PointKnapsackPolicy("mixed", len(w.p))),
     ]
     for prior, label in ((None, "Beta(1,1)"), ("beta", "fit beta"), ("grid", "fit grid")):
-        out.append(Method(f"knapsack mixed, {label}", _tracker(lambda: KnapsackAllocator(), prior)))
-        out.append(
-            Method(
-                f"knapsack info_gain, {label}",
-                _tracker(lambda: KnapsackAllocator("info_gain"), prior),
-            )
-        )
-        out.append(Method(f"thompson mixed, {label}", _tracker(lambda: ThompsonAllocator(), prior)))
+        for name, alloc in (
+            ("knapsack mixed", KnapsackAllocator),
+            ("knapsack info_gain", lambda: KnapsackAllocator("info_gain")),
+            ("thompson mixed", ThompsonAllocator),
+        ):
+            out.append(Method(f"{name}, {label}", _tracker(alloc, prior)))
+    out.append(
+        Method("e3core default E3Scheduler (2..32)", _sched(min_per_prompt=2, max_per_prompt=32))
+    )
+    grid_variants: list[tuple[str, dict[str, Any]]] = [
+        (", refit every 1", {"refit_every": 1}),
+        (", refit epoch ends", {"refit_every": None}),
+        (" 21 pts", {"grid_size": 21}),
+        (" 201 pts", {"grid_size": 201}),
+        (", decay 0.9", {"decay": 0.9}),
+        (", decay 0.5", {"decay": 0.5}),
+    ]
     out += [
-        Method(
-            "e3core default E3Scheduler (2..32)",
-            _sched(min_per_prompt=2, max_per_prompt=32),
-        ),
-        Method(
-            "knapsack mixed, fit grid, refit every 1",
-            _tracker(lambda: KnapsackAllocator(), "grid", refit_every=1),
-            v,
-        ),
-        Method(
-            "knapsack mixed, fit grid, refit epoch ends",
-            _tracker(lambda: KnapsackAllocator(), "grid", refit_every=None),
-            v,
-        ),
-        Method(
-            "knapsack mixed, fit grid 21 pts",
-            _tracker(lambda: KnapsackAllocator(), "grid", grid_size=21),
-            v,
-        ),
-        Method(
-            "knapsack mixed, fit grid 201 pts",
-            _tracker(lambda: KnapsackAllocator(), "grid", grid_size=201),
-            v,
-        ),
-        Method(
-            "knapsack mixed, fit grid, decay 0.9",
-            _tracker(lambda: KnapsackAllocator(), "grid", decay=0.9),
-            v,
-        ),
-        Method(
-            "knapsack mixed, fit grid, decay 0.5",
-            _tracker(lambda: KnapsackAllocator(), "grid", decay=0.5),
-            v,
-        ),
+        Method(f"knapsack mixed, fit grid{suffix}", _tracker(KnapsackAllocator, "grid", **kw), v)
+        for suffix, kw in grid_variants
+    ]
+    out += [
         Method(
             "thompson info_gain, fit grid",
             _tracker(lambda: ThompsonAllocator("info_gain"), "grid"),
             v,
         ),
-    ]
-    out += [
         Method(
             "knapsack mixed, grid prior per source",
             lambda s, w: StratifiedGridPolicy(w.source),
@@ -631,8 +588,7 @@ def simulate(
                 raise RuntimeError(f"{method.name}: invalid counts {counts}")
             pi = p[ids]
             outcomes = uniforms[e, ids, :] < pi[:, None]
-            mask = np.arange(width)[None, :] < counts[:, None]
-            s = (outcomes & mask).sum(axis=1)
+            s = successes(outcomes, counts)
             policy.observe(ids, counts, outcomes)
             stats.prompts[e] += len(ids)
             stats.mixed[e] += np.count_nonzero((s > 0) & (s < counts))
@@ -657,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run every method on every seed, print the table, write CSV and PNG."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="difficulty_levels.csv")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the CSVs")
+    parser.add_argument("--out", type=Path, default=OUT_DIR, help="folder for the CSVs")
     parser.add_argument(
         "--plot",
         type=str,
@@ -683,7 +639,18 @@ def main(argv: list[str] | None = None) -> int:
         "--only", default="", help="comma-separated name prefixes to run (uniform, oracle kept)"
     )
     parser.add_argument("--quick", action="store_true", help="smoke test (< 30 s)")
+    parser.add_argument(
+        "--replot",
+        action="store_true",
+        help="only redraw --plot from OUT/allocation_sim.csv of an earlier run",
+    )
     args = parser.parse_args(argv)
+    if args.replot:
+        rows = _read_rows(args.out / "allocation_sim.csv")
+        epochs = sum(1 for key in rows[0] if key.startswith("mixed_e") and key[7:].isdigit())
+        _plot(rows, Path(args.plot), _best(rows)["method"], rows[-1]["method"], epochs)
+        print(f"wrote {args.plot}", file=sys.stderr)
+        return 0
     if args.quick:
         args.seeds, args.prompts = 2, args.prompts or 1536
 
@@ -780,35 +747,30 @@ def main(argv: list[str] | None = None) -> int:
         "cells: mean ± s.e. over seeds, % of groups; captured = (method - uniform)/(oracle - "
         f"uniform) in epoch {last}, realised | expected (1-p^n-(1-p)^n)"
     )
-    eps_cols = " | ".join(f"mixed e{e + 1}" for e in range(args.epochs))
-    wrong_cols = " | ".join(f"all-wrong e{e + 1}" for e in range(args.epochs))
-    header = f"| method | {eps_cols} | {wrong_cols} | captured e{last} | capt. exp. | s/seed |"
-    print(header)
-    print("|" + "---|" * (header.count("|") - 1))
+    numbers = range(1, args.epochs + 1)
+    columns = [
+        "method",
+        *(f"mixed e{e}" for e in numbers),
+        *(f"all-wrong e{e}" for e in numbers),
+        f"captured e{last}",
+        "capt. exp.",
+        "s/seed",
+    ]
+    table = []
     for row in rows:
         cells = [row["method"]]
         for key in ("mixed", "all_wrong"):
-            for e in range(args.epochs):
-                mean, se = row[f"{key}_e{e + 1}"], row[f"{key}_e{e + 1}_se"]
+            for e in numbers:
+                mean, se = row[f"{key}_e{e}"], row[f"{key}_e{e}_se"]
                 cells.append(f"{100 * mean:.2f} ± {100 * se:.2f}")
         cells.append(f"{row['captured_last']:+.3f} ± {row['captured_last_se']:.3f}")
         cells.append(f"{row['captured_expected_last']:+.3f}")
         cells.append(f"{row['seconds_per_seed']:.1f}")
-        print("| " + " | ".join(cells) + " |")
+        table.append(cells)
+    print_table(columns, table)
 
-    csv_path = out_dir / "allocation_sim.csv"
-    with csv_path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    candidates = [
-        r
-        for r in rows
-        if not r["method"].startswith(
-            ("oracle", "uniform", "bayes", "knapsack mixed, grid prior per")
-        )
-    ]
-    best = max(candidates, key=lambda r: r["captured_expected_last"])
+    csv_path = write_csv(rows, out_dir / "allocation_sim.csv")
+    best = _best(rows)
     print(
         f"best non-oracle method by expected capture: {best['method']} "
         f"({best['captured_last']:+.3f} realised, {best['captured_expected_last']:+.3f} expected)"
@@ -820,53 +782,94 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _plot(rows: list[dict[str, Any]], path: Path, best: str, oracle: str, epochs: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    show = [
+def _best(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The row of the non-reference method with the highest expected capture in the last epoch."""
+    candidates = [
         r
         for r in rows
-        if r["method"]
-        in {
-            "uniform",
-            "e3-rank (E3Scheduler, 2..32)",
-            "e3-rank paper (8..8, 6..10, 4..12)",
-            "pk-info (Knapsack RL, point p)",
-            "pk-mixed (point p, V=mixed)",
-            "knapsack mixed, Beta(1,1)",
-            "knapsack mixed, fit beta",
-            "knapsack mixed, fit grid",
-            "thompson mixed, fit grid",
-            "bayes limit: knapsack mixed, TRUE prior",
-            best,
-            oracle,
-        }
+        if not r["method"].startswith(
+            ("oracle", "uniform", "bayes", "knapsack mixed, grid prior per")
+        )
     ]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 5.6), dpi=80)
+    return max(candidates, key=lambda r: r["captured_expected_last"])
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a CSV written by :func:`main`, numbers as floats.
+
+    Raises:
+        SystemExit: the CSV does not exist (run the simulation first).
+    """
+    if not path.is_file():
+        raise SystemExit(f"error: {path} not found; run without --replot first")
+    rows: list[dict[str, Any]] = list(read_csv(path))
+    for row in rows:
+        for key, value in row.items():
+            if key != "method":
+                row[key] = float(value) if value else float("nan")
+    return rows
+
+
+# Line styles of the plotted methods: a colour per family (rank rules, point-estimate
+# knapsacks, e3core's Bayesian allocators), solid for the main variant; black for the oracle.
+# e3core's default is drawn wide and underneath, so the lines it overlaps stay visible.
+_STYLES: dict[str, dict[str, Any]] = {
+    "uniform": {"color": "0.45", "marker": "x"},
+    "e3-rank (E3Scheduler, 2..32)": {"color": "tab:orange"},
+    "e3-rank paper (8..8, 6..10, 4..12)": {"color": "tab:orange", "ls": "--"},
+    "pk-info (Knapsack RL, point p)": {"color": "tab:red"},
+    "pk-mixed (point p, V=mixed)": {"color": "tab:red", "ls": "--"},
+    "knapsack mixed, Beta(1,1)": {"color": "tab:brown", "ls": ":"},
+    "knapsack mixed, fit beta": {"color": "tab:pink", "ls": "--"},
+    "knapsack mixed, fit grid": {"color": "tab:green"},
+    "thompson mixed, fit grid": {"color": "tab:olive", "ls": "--"},
+    "bayes limit: knapsack mixed, TRUE prior": {"color": "tab:purple", "ls": "-."},
+    "e3core default E3Scheduler (2..32)": {"color": "tab:blue", "lw": 3, "alpha": 0.7, "zorder": 1},
+    "oracle (true p, V=mixed)": {"color": "black", "ls": "--"},
+}
+
+
+def _plot(rows: list[dict[str, Any]], path: Path, best: str, oracle: str, epochs: int) -> None:
+    """Draw the mixed share per epoch and the rollouts per difficulty bucket; save to ``path``.
+
+    Each panel's legend sits below its axes, outside the data, in a font as large as the tick
+    labels'.
+    """
+    plt = pyplot()
+    wanted = [*_STYLES, best, oracle]
+    show = [r for r in rows if r["method"] in wanted]
+    plt.rcParams.update({"font.size": 10, "legend.fontsize": 9.5})
+    fig, (ax1, ax2) = plt.subplots(
+        1,
+        2,
+        figsize=(12, 7.2),
+        dpi=100,
+        layout="constrained",
+        gridspec_kw={"width_ratios": [1.15, 1]},
+    )
     x = np.arange(1, epochs + 1)
     for r in show:
         y = [100 * r[f"mixed_e{e}"] for e in x]
         err = [100 * r[f"mixed_e{e}_se"] for e in x]
-        style = "k--" if r["method"] == oracle else "-"
-        ax1.errorbar(x, y, yerr=err, fmt=style, marker="o", ms=3, capsize=2, label=r["method"])
+        style = {"marker": "o", "lw": 1.4, **_STYLES.get(r["method"], {})}
+        ax1.errorbar(x, y, yerr=err, ms=4, capsize=2, label=r["method"], **style)
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("mixed groups (%)")
     ax1.set_xticks(x)
-    ax1.set_title("groups with a GRPO signal")
-    ax1.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
+    ax1.set_title("groups with a GRPO signal (mean ± s.e. over seeds)")
+    ax1.grid(alpha=0.3)
+    ax1.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
     centres = 0.5 * (P_BUCKETS[1:] + P_BUCKETS[:-1])
-    for name, style in ((best, "o-"), (oracle, "ks--"), ("uniform", "x:")):
+    for name, marker in ((best, "o"), (oracle, "s"), ("uniform", "x")):
         r = next(r for r in rows if r["method"] == name)
         y = [r[f"mean_count_p{P_BUCKETS[k]:.1f}"] for k in range(len(centres))]
-        ax2.plot(centres, y, style, label=name)
+        style = {"lw": 1.4, **_STYLES.get(name, {}), "marker": marker}
+        ax2.plot(centres, y, label=name, **style)
     ax2.set_xlabel("true success rate p (bucket centre)")
     ax2.set_ylabel(f"mean rollouts per prompt, epoch {epochs}")
     ax2.set_title("where the budget goes")
-    ax2.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13))
-    fig.tight_layout()
+    ax2.grid(alpha=0.3)
+    ax2.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=1, frameon=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)

@@ -9,8 +9,8 @@ repeat lasts at least ``--min-time`` seconds, ``--repeats`` repeats, median per 
   ``(r - mean) / (std + eps)``) at ``G = 8`` on the same total, the speed floor that cannot do
   variable groups, and (b) verl's per-sample loop (``compute_grpo_outcome_advantage``: a dict
   from uid to a list of scores, ``torch.mean`` / ``torch.std`` per uid, then a loop over samples;
-  a size-1 group passes its raw reward), written here from that description. The loop is timed
-  on a prefix of whole groups and scaled linearly to the full size (the table says so).
+  a size-1 group passes its raw reward), written in ``peers.py`` from that description. The loop
+  is timed on a prefix of whole groups and scaled linearly to the full size (the table says so).
   Results are checked equal: against (b) on the same groups (all of size >= 2), against (a) on
   equal groups of 8, with the same ``eps``.
 * ``tracker``: :class:`e3core.BetaDifficultyTracker` ``update`` (repeat ids and first-time
@@ -18,7 +18,7 @@ repeat lasts at least ``--min-time`` seconds, ``--repeats`` repeats, median per 
   prompts, beside a per-prompt Python dict of Beta parameters (MoPPS-style bookkeeping).
 * ``allocation``: every allocator on batches of 256, 1024 and 4096 prompts (bounds 2..64, 8 per
   prompt on average) under a Beta and a grid posterior, beside Knapsack RL's point-estimate
-  knapsack (the peer rule, as written in ``benchmarks/allocation_sim.py``).
+  knapsack (the peer rule, as written in ``benchmarks/peers.py``).
 
 Run ``python benchmarks/bench_core.py`` (about 1-2 minutes on 2 cores) or ``--quick``.
 """
@@ -26,18 +26,15 @@ Run ``python benchmarks/bench_core.py`` (about 1-2 minutes on 2 cores) or ``--qu
 from __future__ import annotations
 
 import argparse
-import csv
-import importlib.util
-import statistics
 import sys
-import time
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from _common import OUT_DIR, median_seconds, median_seconds_interleaved, print_table, write_csv
+from peers import DictBetaTracker, PointKnapsack, trl_reshape_advantages, verl_loop_advantages
 
 from e3core import (
     BetaDifficultyTracker,
@@ -49,122 +46,32 @@ from e3core import (
     group_advantages,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO / "benchmarks" / "out"
 EPS = 1e-6
 
 
-# ----------------------------------------------------------------------- timing
-def bench(fn: Callable[[], Any], repeats: int, min_time: float) -> float:
-    """Median seconds per call of ``fn``, timeit-style.
-
-    Args:
-        fn: The call to time (its result is discarded).
-        repeats: Number of timed repeats (at most 3 when one call takes over a second).
-        min_time: Each repeat loops ``fn`` until it lasts at least this long.
-
-    Returns:
-        The median over repeats of (repeat time / calls in the repeat).
-    """
-    start = time.perf_counter()
-    fn()  # warm up (caches, lazy imports, allocator pools)
-    if time.perf_counter() - start > 1.0:
-        repeats = min(repeats, 3)  # slow calls: three repeats are enough for a median
-    loops = 1
-    while True:
-        start = time.perf_counter()
-        for _ in range(loops):
-            fn()
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_time or loops >= 1 << 20:
-            break
-        loops *= 2 if elapsed == 0 else max(2, min(10, int(1.2 * min_time / elapsed) + 1))
-    times = [elapsed / loops]
-    for _ in range(repeats - 1):
-        start = time.perf_counter()
-        for _ in range(loops):
-            fn()
-        times.append((time.perf_counter() - start) / loops)
-    return statistics.median(times)
+# ------------------------------------------------------------------------ rows
+def _row(
+    part: str,
+    case: str,
+    size: int,
+    seconds: float,
+    ref: str = "",
+    ratio: float = float("nan"),
+    note: str = "",
+) -> dict[str, Any]:
+    """One table and CSV row: ``ratio`` compares ``seconds`` with the row named by ``ref``."""
+    return {
+        "part": part,
+        "case": case,
+        "size": size,
+        "seconds": seconds,
+        "ref": ref,
+        "ratio": ratio,
+        "note": note,
+    }
 
 
-def bench_interleaved(fns: list[Callable[[], Any]], repeats: int, min_time: float) -> list[float]:
-    """Median seconds per call of each of ``fns``, their repeats taken in turn.
-
-    Round-robin repeats make load from other processes hit every candidate alike, so the ratios
-    between them hold up better than separately timed medians on a shared machine.
-    """
-    loops = []
-    for fn in fns:
-        fn()
-        n = 1
-        while True:
-            start = time.perf_counter()
-            for _ in range(n):
-                fn()
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_time or n >= 1 << 20:
-                break
-            n *= 2 if elapsed == 0 else max(2, min(10, int(1.2 * min_time / elapsed) + 1))
-        loops.append(n)
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for k, fn in enumerate(fns):
-            start = time.perf_counter()
-            for _ in range(loops[k]):
-                fn()
-            times[k].append((time.perf_counter() - start) / loops[k])
-    return [statistics.median(t) for t in times]
-
-
-# --------------------------------------------------------------- advantage peers
-def trl_reshape_advantages(rewards: torch.Tensor, group_size: int, eps: float) -> torch.Tensor:
-    r"""Fixed-size GRPO advantages as TRL computes them (equal, contiguous groups only).
-
-    Args:
-        rewards: ``[B * G]`` rewards, group ``g`` at ``[g*G, (g+1)*G)``.
-        group_size: ``G``.
-        eps: Added to the unbiased std.
-
-    Returns:
-        :math:`(r - \bar r_g) / (\sigma_g + \epsilon)` per sample.
-    """
-    grouped = rewards.view(-1, group_size)
-    mean = grouped.mean(dim=1).repeat_interleave(group_size, dim=0)
-    std = grouped.std(dim=1).repeat_interleave(group_size, dim=0)
-    return (rewards - mean) / (std + eps)
-
-
-def verl_loop_advantages(scores: torch.Tensor, index: list[str], eps: float) -> torch.Tensor:
-    r"""The per-uid GRPO outcome advantage of verl as a Python loop (the algorithm, re-written).
-
-    Args:
-        scores: ``[N]`` rewards (copied, not modified).
-        index: uid string of every sample.
-        eps: Added to the unbiased std.
-
-    Returns:
-        :math:`(r - \bar r_u) / (\sigma_u + \epsilon)`; a uid seen once keeps its raw reward.
-    """
-    scores = scores.clone()
-    by_uid: dict[str, list[torch.Tensor]] = defaultdict(list)
-    uid_mean: dict[str, torch.Tensor] = {}
-    uid_std: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        for i in range(scores.shape[0]):
-            by_uid[index[i]].append(scores[i])
-        for uid, values in by_uid.items():
-            if len(values) == 1:
-                uid_mean[uid] = torch.tensor(0.0)
-                uid_std[uid] = torch.tensor(1.0)
-            else:
-                uid_mean[uid] = torch.mean(torch.stack(values))
-                uid_std[uid] = torch.std(torch.stack(values))
-        for i in range(scores.shape[0]):
-            scores[i] = (scores[i] - uid_mean[index[i]]) / (uid_std[index[i]] + eps)
-    return scores
-
-
+# ------------------------------------------------------------------ advantages
 def make_groups(total: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Group ids of random sizes 2..32 covering ``total`` samples, and binary rewards.
 
@@ -214,51 +121,26 @@ def advantages_part(
     sub_n = int(sub.sum())
     sub_rew = torch.from_numpy(rew_sh[sub])
     sub_uids = [str(u) for u in uids_sh[sub]]
-    loop_time = bench(
+    loop_time = median_seconds(
         lambda: verl_loop_advantages(sub_rew, sub_uids, EPS), max(1, repeats // 2), 0.0
     )
     t_verl = loop_time * n / sub_n
-    seconds = bench_interleaved(
+    seconds = median_seconds_interleaved(
         [lambda: trl_reshape_advantages(t_eq, 8, EPS)] + [fn for _, fn in cases],
         repeats,
         min_time,
     )
     t_trl = seconds[0]
+    part = "advantages"
+    floor_note = "speed floor; equal groups only"
     rows.append(
-        {
-            "part": "advantages",
-            "case": "(a) TRL reshape view(-1, 8), torch f32",
-            "size": n,
-            "seconds": t_trl,
-            "ref": "(a)",
-            "ratio": 1.0,
-            "note": "speed floor; equal groups only",
-        }
+        _row(part, "(a) TRL reshape view(-1, 8), torch f32", n, t_trl, "(a)", 1.0, floor_note)
     )
     scaled = "" if sub_n == n else f"timed on {sub_n:,} samples, scaled x{n / sub_n:.2f}"
-    rows.append(
-        {
-            "part": "advantages",
-            "case": "(b) verl per-sample loop, torch f32",
-            "size": n,
-            "seconds": t_verl,
-            "ref": "(b)",
-            "ratio": 1.0,
-            "note": scaled,
-        }
-    )
+    rows.append(_row(part, "(b) verl per-sample loop, torch f32", n, t_verl, "(b)", 1.0, scaled))
     for (label, _), sec in zip(cases, seconds[1:], strict=True):
-        rows.append(
-            {
-                "part": "advantages",
-                "case": label,
-                "size": n,
-                "seconds": sec,
-                "ref": "ours/(a)",
-                "ratio": sec / t_trl,
-                "note": f"(b)/ours = {t_verl / sec:,.0f}x",
-            }
-        )
+        note = f"(b)/ours = {t_verl / sec:,.0f}x"
+        rows.append(_row(part, label, n, sec, "ours/(a)", sec / t_trl, note))
     # equality checks
     ours_eq = group_advantages(t_eq, gid_eq, eps=EPS)
     diff_a = float((ours_eq - trl_reshape_advantages(t_eq, 8, EPS)).abs().max())
@@ -278,32 +160,7 @@ def advantages_part(
     return rows, notes
 
 
-# ----------------------------------------------------------------- tracker peers
-class DictBetaTracker:
-    """Peer bookkeeping: one ``[alpha, beta]`` list per prompt in a Python dict (MoPPS-style)."""
-
-    def __init__(self, alpha0: float = 1.0, beta0: float = 1.0) -> None:
-        self.alpha0, self.beta0 = alpha0, beta0
-        self.table: dict[Any, list[float]] = {}
-
-    def update(self, ids: Any, successes: Any, trials: Any) -> None:
-        """Add ``successes`` and ``trials - successes`` to each id's parameters."""
-        table = self.table
-        for pid, s, t in zip(ids.tolist(), successes.tolist(), trials.tolist(), strict=True):
-            entry = table.get(pid)
-            if entry is None:
-                entry = table[pid] = [self.alpha0, self.beta0]
-            entry[0] += s
-            entry[1] += t - s
-
-    def posterior(self, ids: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Alpha and beta arrays of ``ids`` (the prior for unseen ones)."""
-        default = (self.alpha0, self.beta0)
-        pairs = [self.table.get(pid, default) for pid in ids.tolist()]
-        arr = np.array(pairs, dtype=np.float64).reshape(-1, 2)
-        return arr[:, 0], arr[:, 1]
-
-
+# --------------------------------------------------------------------- tracker
 def filled_tracker(n: int, rng: np.random.Generator) -> BetaDifficultyTracker:
     """A tracker with ``n`` prompts, 8..24 integer trials each, U-shaped success rates."""
     tracker = BetaDifficultyTracker()
@@ -320,17 +177,7 @@ def tracker_part(
     rows: list[dict[str, Any]] = []
 
     def add(case: str, size: int, sec: float, ref: str = "", ratio: float = float("nan")) -> None:
-        rows.append(
-            {
-                "part": "tracker",
-                "case": case,
-                "size": size,
-                "seconds": sec,
-                "ref": ref,
-                "ratio": ratio,
-                "note": "",
-            }
-        )
+        rows.append(_row("tracker", case, size, sec, ref, ratio))
 
     for n in sizes:
         distinct = max(n // 10, 1)
@@ -347,10 +194,12 @@ def tracker_part(
         ) -> None:
             t.update(i, s, tr)
 
-        sec = bench(update_repeat, repeats, min_time)
+        sec = median_seconds(update_repeat, repeats, min_time)
         peer = DictBetaTracker()
         peer.update(np.arange(distinct), np.zeros(distinct), np.zeros(distinct))
-        peer_sec = bench(lambda p=peer, i=ids, s=succ, tr=trials: p.update(i, s, tr), 3, 0.0)
+        peer_sec = median_seconds(
+            lambda p=peer, i=ids, s=succ, tr=trials: p.update(i, s, tr), 3, 0.0
+        )
         add(f"update: {n:,} obs over {distinct:,} known ids", n, sec, "dict/ours", peer_sec / sec)
 
         fresh = np.arange(n, dtype=np.int64) + 10**9
@@ -363,22 +212,22 @@ def tracker_part(
         ) -> None:
             DictBetaTracker().update(i, s, tr)
 
-        sec = bench(insert, max(3, repeats // 2), 0.0)
-        peer_sec = bench(insert_peer, 3, 0.0)
+        sec = median_seconds(insert, max(3, repeats // 2), 0.0)
+        peer_sec = median_seconds(insert_peer, 3, 0.0)
         add(f"update: {n:,} new ids (first insertion)", n, sec, "dict/ours", peer_sec / sec)
 
         tracked = filled_tracker(n, rng)
         batch = rng.choice(n, size=min(4096, n), replace=False)
-        sec = bench(lambda t=tracked, b=batch: t.posterior(b), repeats, min_time)
+        sec = median_seconds(lambda t=tracked, b=batch: t.posterior(b), repeats, min_time)
         dict_peer = DictBetaTracker()
         dict_peer.update(np.arange(n), np.zeros(n), np.full(n, 8.0))
-        peer_sec = bench(lambda p=dict_peer, b=batch: p.posterior(b), repeats, min_time)
+        peer_sec = median_seconds(lambda p=dict_peer, b=batch: p.posterior(b), repeats, min_time)
         add(f"posterior (Beta) of 4,096 ids, {n:,} tracked", n, sec, "dict/ours", peer_sec / sec)
-        sec = bench(lambda t=tracked: t.fit_prior("beta"), max(3, repeats // 2), 0.0)
+        sec = median_seconds(lambda t=tracked: t.fit_prior("beta"), max(3, repeats // 2), 0.0)
         add(f"fit_prior('beta'), {n:,} tracked", n, sec)
-        sec = bench(lambda t=tracked: t.fit_prior("grid"), max(3, repeats // 2), 0.0)
+        sec = median_seconds(lambda t=tracked: t.fit_prior("grid"), max(3, repeats // 2), 0.0)
         add(f"fit_prior('grid', 101 pts), {n:,} tracked", n, sec)
-        sec = bench(lambda t=tracked, b=batch: t.posterior(b), repeats, min_time)
+        sec = median_seconds(lambda t=tracked, b=batch: t.posterior(b), repeats, min_time)
         add(f"posterior (grid) of 4,096 ids, {n:,} tracked", n, sec)
 
     # decayed (fractional) counts: many distinct (s, f) pairs for the fits
@@ -386,29 +235,17 @@ def tracker_part(
     decayed = BetaDifficultyTracker(decay=0.9)
     for _ in range(3):
         decayed.update(np.arange(n), rng.binomial(8, rng.random(n)), np.full(n, 8.0))
-    sec = bench(lambda: decayed.fit_prior("grid"), 3, 0.0)
+    sec = median_seconds(lambda: decayed.fit_prior("grid"), 3, 0.0)
     add(f"fit_prior('grid'), {n:,} tracked, decay 0.9 (fractional counts)", n, sec)
     return rows
 
 
 # ------------------------------------------------------------------ allocation
-def _load_point_knapsack() -> Any:
-    """Import Knapsack RL's point-estimate policy from ``allocation_sim.py`` beside this file."""
-    path = Path(__file__).with_name("allocation_sim.py")
-    spec = importlib.util.spec_from_file_location("_allocation_sim", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module.PointKnapsackPolicy
-
-
 def allocation_part(
     batches: list[int], repeats: int, min_time: float, rng: np.random.Generator
 ) -> list[dict[str, Any]]:
     """Time every allocator per batch size under Beta and grid posteriors."""
     rows: list[dict[str, Any]] = []
-    point_knapsack = _load_point_knapsack()
     tracked = filled_tracker(100_000, rng)
     grid_tracked = filled_tracker(100_000, np.random.default_rng(1))
     grid_tracked.fit_prior("grid")
@@ -423,21 +260,14 @@ def allocation_part(
         ids = rng.choice(100_000, size=b, replace=False)
         budget = Budget(8 * b, 2, 64)
         posts = {"Beta": tracked.posterior(ids), "grid": grid_tracked.posterior(ids)}
-        peer = point_knapsack("info", 100_000)
+        peer = PointKnapsack("info", 100_000)
         peer.last[:] = tracked.mean(np.arange(100_000))
         peer.last[rng.random(100_000) < 0.3] = 0.0  # as if last groups were all wrong
-        peer_sec = bench(lambda pk=peer, i=ids, bud=budget: pk.plan(i, bud), repeats, min_time)
-        rows.append(
-            {
-                "part": "allocation",
-                "case": f"Knapsack RL point knapsack (peer), B={b}",
-                "size": b,
-                "seconds": peer_sec,
-                "ref": "",
-                "ratio": float("nan"),
-                "note": "p-hat = last group rate",
-            }
+        peer_sec = median_seconds(
+            lambda pk=peer, i=ids, bud=budget: pk.plan(i, bud), repeats, min_time
         )
+        case = f"Knapsack RL point knapsack (peer), B={b}"
+        rows.append(_row("allocation", case, b, peer_sec, note="p-hat = last group rate"))
         for kind, post in posts.items():
             for name, alloc in allocators:
                 gen = np.random.default_rng(0)
@@ -445,18 +275,9 @@ def allocation_part(
                 def run(a: Any = alloc, p: Any = post, bud: Budget = budget, g: Any = gen) -> None:
                     a.allocate(p, bud, rng=g)
 
-                sec = bench(run, repeats, min_time)
-                rows.append(
-                    {
-                        "part": "allocation",
-                        "case": f"{name}, {kind} posterior, B={b}",
-                        "size": b,
-                        "seconds": sec,
-                        "ref": "ours/peer",
-                        "ratio": sec / peer_sec,
-                        "note": "",
-                    }
-                )
+                sec = median_seconds(run, repeats, min_time)
+                case = f"{name}, {kind} posterior, B={b}"
+                rows.append(_row("allocation", case, b, sec, "ours/peer", sec / peer_sec))
     return rows
 
 
@@ -472,7 +293,7 @@ def _fmt_time(sec: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the three parts, print one table, write the CSV."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the CSV")
+    parser.add_argument("--out", type=Path, default=OUT_DIR, help="folder for the CSV")
     parser.add_argument("--samples", type=int, default=262_144, help="advantage batch size")
     parser.add_argument(
         "--loop-samples", type=int, default=32_768, help="prefix on which verl's loop is timed"
@@ -509,14 +330,12 @@ def main(argv: list[str] | None = None) -> int:
         f"bench_core: torch {torch.__version__} ({torch.get_num_threads()} threads), numpy "
         f"{np.__version__}; median per call over {args.repeats} repeats"
     )
-    print("| part | case | size | median | vs | ratio | note |")
-    print("|---|---|---|---|---|---|---|")
+    table = []
     for row in rows:
         ratio = "" if np.isnan(row["ratio"]) or not row["ref"] else f"{row['ratio']:.2f}"
-        print(
-            f"| {row['part']} | {row['case']} | {row['size']:,} | {_fmt_time(row['seconds'])} | "
-            f"{row['ref']} | {ratio} | {row['note']} |"
-        )
+        size, median = f"{row['size']:,}", _fmt_time(row["seconds"])
+        table.append([row["part"], row["case"], size, median, row["ref"], ratio, row["note"]])
+    print_table(["part", "case", "size", "median", "vs", "ratio", "note"], table)
     for note in notes:
         print(note)
     by_case = {r["case"]: r for r in rows}
@@ -528,12 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'met' if ours / floor <= 1.5 else 'MISSED'}); (b)/ours = {loop / ours:,.0f} "
         f"(target >= 200: {'met' if loop / ours >= 200 else 'MISSED'})"
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "bench_core.csv"
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    path = write_csv(rows, args.out / "bench_core.csv")
     print(f"wrote {path}", file=sys.stderr)
     return 0
 

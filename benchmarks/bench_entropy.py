@@ -6,7 +6,7 @@ CUDA (the claim: the fused forward reads the logits once, near the HBM bandwidth
 
 times forward, backward and forward+backward with ``triton.testing.do_bench`` (median, p20,
 p80) for: naive PyTorch (fp32 upcast, and in bf16), ``torch.compile`` of the naive fp32 path,
-two *peer-style* baselines written here after the published algorithms of verl
+two *peer-style* baselines written in ``peers.py`` after the published algorithms of verl
 (``logsumexp(z) - sum(softmax(z) * z)``) and TRL (``log_softmax`` over chunks of 128 rows), and
 e3core's torch reference and Triton kernels. It reports the extra peak memory beyond the inputs
 and the fraction of the bandwidth floor: bytes that must move (forward: read the logits once;
@@ -31,7 +31,6 @@ Both print one table and write a CSV under ``--out`` (default ``benchmarks/out``
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import json
 import math
@@ -44,13 +43,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _common import OUT_DIR, REPO, print_table, write_csv
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
+if str(REPO) not in sys.path:  # run from a checkout without installing e3core
     sys.path.insert(0, str(REPO))
 
-from e3core.kernels import logprobs_and_entropy  # noqa: E402
-from e3core.kernels import reference as ref_mod  # noqa: E402
+from peers import trl_chunked_entropy, verl_entropy
+
+from e3core.kernels import logprobs_and_entropy
+from e3core.kernels import reference as ref_mod
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 Method = Callable[[torch.Tensor, torch.Tensor, float], Pair]
@@ -71,25 +72,6 @@ def naive_bf16(x: torch.Tensor, y: torch.Tensor, t: float) -> Pair:
     ls = torch.log_softmax(x / t, dim=-1)
     lp = ls.gather(-1, y.unsqueeze(-1)).squeeze(-1)
     return lp.float(), -(ls.exp() * ls).sum(-1).float()
-
-
-def verl_style(x: torch.Tensor, y: torch.Tensor, t: float) -> Pair:
-    """Peer-style (written here after verl's published formula): H = lse(z) - sum(p z)."""
-    z = x.float() / t
-    lse = torch.logsumexp(z, dim=-1)
-    ent = lse - (torch.softmax(z, dim=-1) * z).sum(-1)
-    lp = z.gather(-1, y.unsqueeze(-1)).squeeze(-1) - lse
-    return lp, ent
-
-
-def trl_style(x: torch.Tensor, y: torch.Tensor, t: float, rows: int = 128) -> Pair:
-    """Peer-style (written here after TRL's published approach): log_softmax per row chunk."""
-    lps, ents = [], []
-    for start in range(0, x.shape[0], rows):
-        ls = torch.log_softmax(x[start : start + rows].float() / t, dim=-1)
-        lps.append(ls.gather(-1, y[start : start + rows].unsqueeze(-1)).squeeze(-1))
-        ents.append(-(ls.exp() * ls).sum(-1))
-    return torch.cat(lps), torch.cat(ents)
 
 
 def e3_torch(x: torch.Tensor, y: torch.Tensor, t: float) -> Pair:
@@ -261,8 +243,8 @@ def run_cuda(args: argparse.Namespace) -> list[dict[str, object]]:
         "naive fp32 (log_softmax)": naive_fp32,
         "naive bf16 (no upcast)": naive_bf16,
         "torch.compile(naive fp32)": torch.compile(naive_fp32, dynamic=False),
-        "peer-style verl (lse - sum p*z)": verl_style,
-        "peer-style TRL (chunked 128 rows)": trl_style,
+        "peer-style verl (lse - sum p*z)": verl_entropy,
+        "peer-style TRL (chunked 128 rows)": trl_chunked_entropy,
         "e3core torch reference": e3_torch,
         "e3core triton": e3_triton,
         "e3core triton, check_inputs=False": e3_triton_unchecked,
@@ -275,7 +257,7 @@ def run_cuda(args: argparse.Namespace) -> list[dict[str, object]]:
         for mode in ("fwd", "bwd", "fwd+bwd"):
             # TRL runs its chunked entropy under no_grad (a metric); through autograd each
             # chunk's slice backward materialises a full [N, V] gradient (seconds per call).
-            if fn in (e3_triton_kernel_only, trl_style) and mode != "fwd":
+            if fn in (e3_triton_kernel_only, trl_chunked_entropy) and mode != "fwd":
                 continue
             row: dict[str, object] = {"method": label, "mode": mode}
             try:
@@ -313,19 +295,24 @@ def _print_row(row: dict[str, object]) -> None:
 
 def print_cuda_table(rows: list[dict[str, object]]) -> None:
     """Markdown table of the CUDA results (pasted into benchmarks/RESULTS.md)."""
-    print()
-    print("| method | mode | median ms [p20, p80] | extra peak GB | % of floor (nominal / copy) |")
-    print("| --- | --- | --- | --- | --- |")
+    table: list[list[object]] = []
     for r in rows:
         if r.get("note") == "OOM":
-            print(f"| {r['method']} | {r['mode']} | OOM | OOM | - |")
+            table.append([r["method"], r["mode"], "OOM", "OOM", "-"])
             continue
-        print(
-            f"| {r['method']} | {r['mode']} | {r['ms_median']:.2f} [{r['ms_p20']:.2f}, "
-            f"{r['ms_p80']:.2f}] | {r['extra_peak_gb']:.2f} | "
-            f"{100 * float(r['floor_frac_nominal']):.0f} / "  # type: ignore[arg-type]
-            f"{100 * float(r['floor_frac_copy']):.0f} |"  # type: ignore[arg-type]
+        table.append(
+            [
+                r["method"],
+                r["mode"],
+                f"{r['ms_median']:.2f} [{r['ms_p20']:.2f}, {r['ms_p80']:.2f}]",
+                f"{r['extra_peak_gb']:.2f}",
+                f"{100 * float(r['floor_frac_nominal']):.0f} / "  # type: ignore[arg-type]
+                f"{100 * float(r['floor_frac_copy']):.0f}",  # type: ignore[arg-type]
+            ]
         )
+    print()
+    columns = ["method", "mode", "median ms [p20, p80]", "extra peak GB"]
+    print_table([*columns, "% of floor (nominal / copy)"], table, spaced_rule=True)
 
 
 # ----------------------------------------------------------------------------- CPU
@@ -333,8 +320,8 @@ def print_cuda_table(rows: list[dict[str, object]]) -> None:
 
 CPU_METHODS: dict[str, Method] = {
     "naive fp32 (log_softmax)": naive_fp32,
-    "peer-style verl (lse - sum p*z)": verl_style,
-    "peer-style TRL (chunked 128 rows)": trl_style,
+    "peer-style verl (lse - sum p*z)": verl_entropy,
+    "peer-style TRL (chunked 128 rows)": trl_chunked_entropy,
     "e3core torch reference": e3_torch,
 }
 
@@ -412,34 +399,23 @@ def run_cpu(args: argparse.Namespace) -> list[dict[str, object]]:
                 f"  {method:<36} {mode:<8} peak = input + {extra / 1e6:8.1f} MB "
                 f"({extra / input_bytes:5.2f} x input)"
             )
+    table = [
+        [
+            r["method"],
+            r["mode"],
+            f"{float(r['extra_peak_mb']):.1f}",  # type: ignore[arg-type]
+            f"{float(r['extra_over_input']):.2f}",  # type: ignore[arg-type]
+            "yes" if r["within_input_plus_chunk"] else "no",
+        ]
+        for r in rows
+    ]
     print()
-    print(
-        "| method | mode | peak above the input (MB) | x input | within input (+grad) + one chunk |"
-    )
-    print("| --- | --- | --- | --- | --- |")
-    for r in rows:
-        print(
-            f"| {r['method']} | {r['mode']} | {float(r['extra_peak_mb']):.1f} | "  # type: ignore[arg-type]
-            f"{float(r['extra_over_input']):.2f} | "  # type: ignore[arg-type]
-            f"{'yes' if r['within_input_plus_chunk'] else 'no'} |"
-        )
+    columns = ["method", "mode", "peak above the input (MB)", "x input"]
+    print_table([*columns, "within input (+grad) + one chunk"], table, spaced_rule=True)
     return rows
 
 
 # ----------------------------------------------------------------------------- main
-
-
-def write_csv(rows: list[dict[str, object]], path: Path) -> None:
-    """Write rows (union of keys) to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {path}")
 
 
 def main() -> None:
@@ -452,7 +428,7 @@ def main() -> None:
     parser.add_argument("--peak-tbs", type=float, default=3.35, help="nominal HBM TB/s")
     parser.add_argument("--rep-ms", type=int, default=300, help="do_bench repetition time")
     parser.add_argument("--sweep", action="store_true", help="tune the Triton tiles first")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out")
+    parser.add_argument("--out", type=Path, default=OUT_DIR)
     parser.add_argument("--cpu-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cpu_child is not None:
@@ -467,11 +443,11 @@ def main() -> None:
         args.n = args.n or 32768
         rows = run_cuda(args)
         print_cuda_table(rows)
-        write_csv(rows, args.out / "bench_entropy_cuda.csv")
+        print(f"wrote {write_csv(rows, args.out / 'bench_entropy_cuda.csv')}")
     else:
         args.n = args.n or 512
         rows = run_cpu(args)
-        write_csv(rows, args.out / "bench_entropy_cpu.csv")
+        print(f"wrote {write_csv(rows, args.out / 'bench_entropy_cpu.csv')}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 r"""E3 inside TRL on the embedded demo task: step-time overhead, and an A/B against plain GRPO.
 
-Two parts, both on the demo's tiny Qwen2 (``e3core.adapters.trl.demo_task``) on CPU:
+Two parts, both on the demo's tiny Qwen2 (``e3core.adapters.trl.demo``) on CPU:
 
 * ``overhead``: ``E3GRPOTrainer`` (knapsack allocation, PI temperature control) against TRL's
   own ``GRPOTrainer`` at the same total rollouts per step, from the same warm-started weights,
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import statistics
 import tempfile
 import time
@@ -38,13 +37,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from _common import OUT_DIR, print_table, pyplot, write_csv
 from trl import GRPOConfig, GRPOTrainer
 
-from e3core.adapters.trl import E3GRPOConfig, E3GRPOTrainer
-from e3core.adapters.trl import demo_task as demo
+from e3core.adapters.trl import E3GRPOConfig, E3GRPOTrainer, demo
 from e3core.adapters.trl.cli import DEMO_DEFAULTS
-
-OUT = Path(__file__).resolve().parent / "out"
+from e3core.adapters.trl.rewards import exact_reward
 
 
 class TimedE3(E3GRPOTrainer):
@@ -111,7 +109,7 @@ def _train(
         common = {
             "model": model,
             "processing_class": tokenizer,
-            "reward_funcs": demo.exact_match_reward,
+            "reward_funcs": exact_reward,
             "train_dataset": dataset,
         }
         if kind == "plain":
@@ -199,17 +197,6 @@ def ab(
     return rows, curves
 
 
-def _write(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    keys: list[str] = []
-    for row in rows:
-        keys += [key for key in row if key not in keys]
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def _mean_sd(values: list[float]) -> str:
     if len(values) < 2:
         return f"{values[0]:.3f}" if values else "-"
@@ -217,11 +204,7 @@ def _mean_sd(values: list[float]) -> str:
 
 
 def _plot(curves: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(3, 1, figsize=(7, 8), sharex=True)
     for arm, colour in (("e3", "tab:blue"), ("uniform", "tab:orange")):
         for seed in sorted({c["seed"] for c in curves}):
@@ -272,35 +255,44 @@ def main() -> None:
 
     if "overhead" in parts:
         rows = overhead(state, tokenizer, dataset, args.overhead_steps, args.overhead_repeats)
-        _write(OUT / "trl_overhead.csv", rows)
+        write_csv(rows, OUT_DIR / "trl_overhead.csv")
         plain = statistics.median(r["step_ms"] for r in rows if r["trainer"] == "plain")
         e3 = statistics.median(r["step_ms"] for r in rows if r["trainer"] == "e3")
         own = statistics.median(r["e3_own_ms"] for r in rows if r["trainer"] == "e3")
         print()
-        print("| trainer | median step (ms) | ratio to plain | E3's own work (ms/step) | share |")
-        print("|---|---|---|---|---|")
-        print(f"| GRPOTrainer (TRL) | {plain:.1f} | 1.00 | - | - |")
-        print(f"| E3GRPOTrainer | {e3:.1f} | {e3 / plain:.3f} | {own:.2f} | {own / e3:.2%} |")
+        print_table(
+            ["trainer", "median step (ms)", "ratio to plain", "E3's own work (ms/step)", "share"],
+            [
+                ["GRPOTrainer (TRL)", f"{plain:.1f}", "1.00", "-", "-"],
+                [
+                    "E3GRPOTrainer",
+                    f"{e3:.1f}",
+                    f"{e3 / plain:.3f}",
+                    f"{own:.2f}",
+                    f"{own / e3:.2%}",
+                ],
+            ],
+        )
 
     if "ab" in parts:
         rows, curves = ab(state, tokenizer, dataset, held_out, args.ab_steps, args.seeds, args.k)
-        _write(OUT / "trl_ab.csv", rows)
-        _write(OUT / "trl_ab_curves.csv", curves)
-        _plot(curves, OUT / "trl_ab.png")
+        ab_csv = write_csv(rows, OUT_DIR / "trl_ab.csv")
+        curves_csv = write_csv(curves, OUT_DIR / "trl_ab_curves.csv")
+        png = OUT_DIR / "trl_ab.png"
+        _plot(curves, png)
         k = args.k
         print()
-        print(f"| arm | bucket | pass@1 (mean ± sd over seeds) | pass@{k} |")
-        print("|---|---|---|---|")
         buckets = [r["bucket"] for r in rows if r["arm"] == "start"]
+        table = []
         for arm in ("start", "uniform", "e3"):
             for bucket in buckets:
                 sel = [r for r in rows if r["arm"] == arm and r["bucket"] == bucket]
                 p1 = _mean_sd([r["pass@1"] for r in sel])
                 pk = _mean_sd([r[f"pass@{k}"] for r in sel])
-                print(f"| {arm} | {bucket} | {p1} | {pk} |")
+                table.append([arm, bucket, p1, pk])
+        print_table(["arm", "bucket", "pass@1 (mean ± sd over seeds)", f"pass@{k}"], table)
         print()
-        print("| arm | final entropy (mean of last 10 steps) | final temperature | mixed share |")
-        print("|---|---|---|---|")
+        table = []
         for arm in ("uniform", "e3"):
             finals = []
             for seed in range(args.seeds):
@@ -316,8 +308,10 @@ def main() -> None:
             ent = _mean_sd([f[0] for f in finals])
             temp = _mean_sd([f[1] for f in finals])
             mix = _mean_sd([f[2] for f in finals])
-            print(f"| {arm} | {ent} | {temp} | {mix} |")
-        print(f"\nwrote {OUT / 'trl_ab.csv'}, {OUT / 'trl_ab_curves.csv'}, {OUT / 'trl_ab.png'}")
+            table.append([arm, ent, temp, mix])
+        columns = ["arm", "final entropy (mean of last 10 steps)", "final temperature"]
+        print_table([*columns, "mixed share"], table)
+        print(f"\nwrote {ab_csv}, {curves_csv}, {png}")
 
 
 if __name__ == "__main__":

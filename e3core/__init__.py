@@ -16,14 +16,26 @@ from e3core.allocation import (
     ThompsonAllocator,
     UniformAllocator,
 )
-from e3core.difficulty import BetaDifficultyTracker, GridPosterior, Posterior, PosteriorLike
+from e3core.difficulty import (
+    BetaDifficultyTracker,
+    BetaPrior,
+    GridPosterior,
+    GridPrior,
+    Posterior,
+    PosteriorLike,
+)
 from e3core.metrics import pass_at_k
+from e3core.prompt_keys import prompt_key
 from e3core.scheduler import E3Scheduler, RolloutPlan
+from e3core.settings import E3Settings
 from e3core.temperature import (
     CosineAnnealedTarget,
     E3TemperatureController,
+    EntropyTarget,
+    FixedTarget,
     PITemperatureController,
     TemperatureController,
+    WarmupMeanTarget,
 )
 
 __version__ = "0.1.0"
@@ -31,11 +43,16 @@ __version__ = "0.1.0"
 __all__ = [
     "Allocator",
     "BetaDifficultyTracker",
+    "BetaPrior",
     "Budget",
     "CosineAnnealedTarget",
     "E3Scheduler",
+    "E3Settings",
     "E3TemperatureController",
+    "EntropyTarget",
+    "FixedTarget",
     "GridPosterior",
+    "GridPrior",
     "KnapsackAllocator",
     "PITemperatureController",
     "Posterior",
@@ -45,8 +62,10 @@ __all__ = [
     "TemperatureController",
     "ThompsonAllocator",
     "UniformAllocator",
+    "WarmupMeanTarget",
     "__version__",
     "group_advantages",
     "group_loss_weights",
     "pass_at_k",
+    "prompt_key",
 ]

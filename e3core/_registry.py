@@ -53,9 +53,7 @@ class Registry(Generic[T]):
     def check(self, argument: str, name: object) -> str:
         """Return ``name`` if registered, else raise naming ``argument`` and the known names."""
         if not isinstance(name, str) or name not in self._entries:
-            raise ValueError(
-                f"{argument} must be one of {self.names()} (a {self.kind}), got {_show(name)}"
-            )
+            raise ValueError(f"{argument} must be one of {self.names()}, got {_show(name)}")
         return name
 
     def get(self, name: str, *, argument: str | None = None) -> T:

@@ -27,9 +27,18 @@ import torch
 
 from e3core._validation import check_choice, check_float
 
-__all__ = ["group_advantages", "group_codes", "group_loss_weights"]
+__all__ = [
+    "BASELINES",
+    "LOSS_WEIGHTINGS",
+    "group_advantages",
+    "group_codes",
+    "group_loss_weights",
+]
 
-_BASELINES = ("mean", "leave_one_out")
+BASELINES = ("mean", "leave_one_out")
+"""The ``baseline`` options of :func:`group_advantages` (settings and adapters import them)."""
+LOSS_WEIGHTINGS = ("sample", "prompt")
+"""The ``mode`` options of :func:`group_loss_weights` (settings and adapters import them)."""
 _SCALES = ("std", "none")
 
 
@@ -86,7 +95,7 @@ def group_codes(group_ids: Any) -> tuple[np.ndarray, int]:
 
 
 def _check_common(baseline: str, scale: str, eps: Any, clip: Any) -> tuple[float, float | None]:
-    check_choice("baseline", baseline, _BASELINES)
+    check_choice("baseline", baseline, BASELINES)
     check_choice("scale", scale, _SCALES)
     eps_f = check_float("eps", eps, low=0.0)
     clip_f = None if clip is None else check_float("clip", clip, low=0.0, low_open=True)
@@ -243,7 +252,7 @@ def group_loss_weights(group_ids: Any, mode: str = "sample") -> Any:
     Returns:
         A float32 tensor on ``group_ids``' device for tensor input, else a float64 array.
     """
-    check_choice("mode", mode, ("sample", "prompt"))
+    check_choice("mode", mode, LOSS_WEIGHTINGS)
     if isinstance(group_ids, torch.Tensor):
         n = group_ids.numel()
         codes, num = _torch_codes(group_ids, n, group_ids.device)

@@ -1,6 +1,6 @@
 r"""Per-prompt rollout counts under a fixed total budget.
 
-Every allocator maps a batch posterior (see :mod:`e3core.difficulty`) and a :class:`Budget` to
+Every allocator maps a batch posterior (see :mod:`e3core.posteriors`) and a :class:`Budget` to
 integer counts :math:`n_i` with :math:`\sum_i n_i = N` and
 :math:`n_\min \le n_i \le n_\max`, in the posterior's prompt order.
 
@@ -14,30 +14,45 @@ integer counts :math:`n_i` with :math:`\sum_i n_i = N` and
   :math:`w(p) = p(1-p)^2` (arXiv 2509.25849). The marginal gain
   :math:`E[w(p)(p^n(1-p) + p(1-p)^n)]` falls with :math:`n`, so filling the budget with the
   largest marginal gains is exactly optimal.
-* :class:`ThompsonAllocator`: the same objective on one posterior draw of every :math:`p_i`.
+* :class:`ThompsonAllocator`: the knapsack with one hook changed: the objective is valued on one
+  posterior draw of every :math:`p_i` instead of in expectation.
+
+Strategies are named in two registries (:class:`~e3core._registry.Registry`), which settings
+and adapters import instead of repeating the names: :data:`ALLOCATORS` (``"knapsack"``,
+``"thompson"``, ``"rank"``, ``"uniform"``; build one with :func:`make_allocator`) and
+:data:`VALUES` (``"mixed"``, ``"info_gain"``: the knapsack's per-rollout marginal gains).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
-from e3core._validation import check_choice, check_int
-from e3core.difficulty import PosteriorLike
+from e3core._registry import Registry
+from e3core._validation import check_int
+from e3core.posteriors import PosteriorLike
 
 __all__ = [
+    "ALLOCATORS",
+    "VALUES",
     "Allocator",
     "Budget",
     "KnapsackAllocator",
     "RankAllocator",
     "ThompsonAllocator",
     "UniformAllocator",
+    "make_allocator",
 ]
 
-_VALUES = ("mixed", "info_gain")
+#: Knapsack values by name: each maps a posterior and rollout counts ``n`` to the marginal gain
+#: of the ``(n+1)``-th rollout (see :func:`_mixed_gains`, :func:`_info_gain_gains`).
+VALUES: Registry[Callable[[PosteriorLike, np.ndarray], np.ndarray]] = Registry("value")
+#: Allocator classes by name, in the order settings list them.
+ALLOCATORS: Registry[type[Allocator]] = Registry("allocator")
 # The knapsack builds a [B, n_max - n_min] table of marginal gains; above this many entries it
 # fills the budget by bisection on the gain threshold instead.
 _TABLE_LIMIT = 4_000_000
@@ -202,16 +217,23 @@ class RankAllocator(Allocator):
         return counts
 
 
-def _marginal_gains(posterior: PosteriorLike, n: np.ndarray, value: str) -> np.ndarray:
-    r"""Gain of the ``(n+1)``-th rollout, :math:`E[w(p)(p^n(1-p) + p(1-p)^n)]`, for ``n >= 1``."""
-    if value == "mixed":
-        return posterior.moment(n, 1.0) + posterior.moment(1.0, n)
-    # w(p) = p (1 - p)^2
+@VALUES.register("mixed")
+def _mixed_gains(posterior: PosteriorLike, n: np.ndarray) -> np.ndarray:
+    r"""Gain of the ``(n+1)``-th rollout for :math:`w = 1`: :math:`E[p^n(1-p) + p(1-p)^n]`."""
+    return posterior.moment(n, 1.0) + posterior.moment(1.0, n)
+
+
+@VALUES.register("info_gain")
+def _info_gain_gains(posterior: PosteriorLike, n: np.ndarray) -> np.ndarray:
+    r"""The same for :math:`w(p) = p(1-p)^2`: :math:`E[p^{n+1}(1-p)^3 + p^2(1-p)^{n+2}]`."""
     return posterior.moment(n + 1.0, 3.0) + posterior.moment(2.0, n + 2.0)
 
 
+_Gains = Callable[[PosteriorLike, np.ndarray], np.ndarray]
+
+
 def _greedy_fill(
-    posterior: PosteriorLike, budget: Budget, value: str, tiebreak: np.ndarray
+    posterior: PosteriorLike, budget: Budget, gains: _Gains, tiebreak: np.ndarray
 ) -> np.ndarray:
     """Start every prompt at ``min`` and spend the rest on the largest marginal gains.
 
@@ -229,7 +251,7 @@ def _greedy_fill(
     if num * width <= _TABLE_LIMIT:
         n_grid = n_min + np.arange(width, dtype=np.float64)
         # table[i, k] = gain of prompt i going from n_min + k to n_min + k + 1 rollouts
-        table = _marginal_gains(_Columns(posterior, width), n_grid[None, :], value)
+        table = gains(_Columns(posterior, width), n_grid[None, :])  # type: ignore[arg-type]
         flat = table.ravel()
         rows = np.repeat(np.arange(num), width)
         cols = np.tile(np.arange(width), num)
@@ -237,7 +259,7 @@ def _greedy_fill(
         chosen = rows[order[:spare]]
         counts += np.bincount(chosen, minlength=num)
         return counts
-    return _bisect_fill(posterior, budget, value, tiebreak)
+    return _bisect_fill(posterior, budget, gains, tiebreak)
 
 
 class _Columns:
@@ -255,7 +277,7 @@ class _Columns:
 
 
 def _bisect_fill(
-    posterior: PosteriorLike, budget: Budget, value: str, tiebreak: np.ndarray
+    posterior: PosteriorLike, budget: Budget, gains: _Gains, tiebreak: np.ndarray
 ) -> np.ndarray:
     """Greedy optimum for very wide bounds: bisect on the gain threshold, count per row."""
     num = len(posterior)
@@ -269,7 +291,7 @@ def _bisect_fill(
         active = lo < hi
         while active.any():
             mid = (lo + hi) // 2
-            ok = _marginal_gains(posterior, (n_min + mid).astype(np.float64), value) >= threshold
+            ok = gains(posterior, (n_min + mid).astype(np.float64)) >= threshold
             lo = np.where(active & ok, mid + 1, lo)
             hi = np.where(active & ~ok, mid, hi)
             active = lo < hi
@@ -311,14 +333,23 @@ class KnapsackAllocator(Allocator):
     :math:`E[p^a(1-p)^b] = B(\alpha+a, \beta+b)/B(\alpha,\beta)`. Every prompt keeps at least
     ``min_per_prompt``; ties go to the more uncertain prompt, then to the earlier position.
 
+    Subclasses change what the objective is valued on through one hook, :meth:`_valued_on`
+    (:class:`ThompsonAllocator` values it on a posterior draw).
+
     Args:
-        value: ``"mixed"`` or ``"info_gain"``.
+        value: A name in :data:`VALUES`: ``"mixed"`` or ``"info_gain"``.
     """
 
     value: str = "mixed"
 
     def __post_init__(self) -> None:
-        check_choice("value", self.value, _VALUES)
+        VALUES.check("value", self.value)
+
+    def _valued_on(
+        self, posterior: PosteriorLike, rng: np.random.Generator | None
+    ) -> PosteriorLike:
+        """The distribution of the success rates whose moments value each rollout."""
+        return posterior
 
     def allocate(
         self,
@@ -329,7 +360,12 @@ class KnapsackAllocator(Allocator):
     ) -> np.ndarray:
         """See :class:`Allocator`."""
         _check_inputs(posterior, budget)
-        return _greedy_fill(posterior, budget, self.value, -posterior.variance)
+        return _greedy_fill(
+            self._valued_on(posterior, rng),
+            budget,
+            VALUES.get(self.value),
+            -posterior.variance,
+        )
 
 
 class _PointPosterior:
@@ -348,33 +384,48 @@ class _PointPosterior:
 
 
 @dataclass(frozen=True)
-class ThompsonAllocator(Allocator):
+class ThompsonAllocator(KnapsackAllocator):
     r"""The knapsack objective on one posterior draw :math:`\tilde p_i \sim P(p_i\mid\text{data})`.
 
     Maximises :math:`\sum_i v(n_i, \tilde p_i)`; randomisation explores prompts whose rate is
-    uncertain. Needs ``rng`` (randomness only through an explicit generator).
+    uncertain. A :class:`KnapsackAllocator` whose objective is valued on the draw instead of in
+    expectation (ties still go to the more uncertain prompt). Needs ``rng`` (randomness only
+    through an explicit generator).
 
     Args:
-        value: ``"mixed"`` or ``"info_gain"``, as for :class:`KnapsackAllocator`.
+        value: A name in :data:`VALUES`, as for :class:`KnapsackAllocator`.
     """
 
-    value: str = "mixed"
-
-    def __post_init__(self) -> None:
-        check_choice("value", self.value, _VALUES)
-
-    def allocate(
-        self,
-        posterior: PosteriorLike,
-        budget: Budget,
-        *,
-        rng: np.random.Generator | None = None,
-    ) -> np.ndarray:
-        """See :class:`Allocator`; ``rng`` is required."""
-        _check_inputs(posterior, budget)
+    def _valued_on(
+        self, posterior: PosteriorLike, rng: np.random.Generator | None
+    ) -> PosteriorLike:
+        """One draw of every prompt's success rate, as a point posterior."""
         if not isinstance(rng, np.random.Generator):
             raise TypeError(
                 f"ThompsonAllocator needs rng=numpy.random.Generator, got {type(rng).__name__}"
             )
-        draw = _PointPosterior(posterior.sample(rng))
-        return _greedy_fill(draw, budget, self.value, -posterior.variance)  # type: ignore[arg-type]
+        return _PointPosterior(posterior.sample(rng))  # type: ignore[return-value]
+
+
+ALLOCATORS.add("knapsack", KnapsackAllocator)
+ALLOCATORS.add("thompson", ThompsonAllocator)
+ALLOCATORS.add("rank", RankAllocator)
+ALLOCATORS.add("uniform", UniformAllocator)
+
+
+def make_allocator(name: str, *, value: str = "mixed") -> Allocator:
+    """The allocator registered under ``name`` in :data:`ALLOCATORS`.
+
+    Args:
+        name: ``"knapsack"``, ``"thompson"``, ``"rank"`` or ``"uniform"``.
+        value: The knapsack value (a name in :data:`VALUES`) for allocators that value rollouts
+            (knapsack, thompson); checked for all, used by those.
+
+    Raises:
+        ValueError: An unknown ``name`` or ``value`` (the message lists the known ones).
+    """
+    cls = ALLOCATORS.get(name, argument="allocator")
+    VALUES.check("value", value)
+    if issubclass(cls, KnapsackAllocator):
+        return cls(value=value)
+    return cls()

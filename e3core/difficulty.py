@@ -14,259 +14,174 @@ which equals the MoPPS update :math:`\alpha \leftarrow \lambda\alpha + (1-\lambd
 :math:`\tilde s_i / (\tilde s_i + \tilde f_i)` and its rank over the dataset, which
 :meth:`BetaDifficultyTracker.rank` provides with ``by="accuracy"``.
 
-Real difficulty is U-shaped (many prompts are always or never solved), so the population prior
-:math:`(\alpha_0, \beta_0)` can be refitted by empirical Bayes (:meth:`~BetaDifficultyTracker.
-fit_prior`): a Beta by maximum marginal (beta-binomial) likelihood, or a nonparametric prior on a
-grid of success rates by EM, whose posteriors are :class:`GridPosterior`.
+The tracker holds the population prior as an object (``tracker.prior``: a
+:class:`~e3core.priors.BetaPrior` or :class:`~e3core.priors.GridPrior`, see :mod:`e3core.priors`)
+that builds the posteriors (:mod:`e3core.posteriors`) of the tracked counts, and refits it by
+empirical Bayes (:meth:`~BetaDifficultyTracker.fit_prior`). :data:`RANK_BY` names the
+scheduler's ``rank_by`` rules (``"mean"``, ``"epoch_accuracy"``) and maps each to the tracker
+score (:data:`RANK_SCORES`) it ranks by. This module also re-exports the names of
+:mod:`e3core.posteriors` and :mod:`e3core.priors`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Sequence
+import dataclasses
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
-from scipy import optimize, special
 
-from e3core._validation import as_float_array, check_choice, check_float, check_int
+from e3core._registry import Registry
+from e3core._validation import _show, as_float_array, check_choice, check_float, check_int
+from e3core.posteriors import GridPosterior, Posterior, PosteriorLike
+from e3core.priors import (
+    PRIORS,
+    BetaPrior,
+    GridPrior,
+    Prior,
+    fit_beta_prior,
+    fit_grid_prior,
+    prior_from_state,
+)
 
 __all__ = [
+    "PRIORS",
+    "RANK_BY",
+    "RANK_SCORES",
     "BetaDifficultyTracker",
+    "BetaPrior",
     "GridPosterior",
+    "GridPrior",
     "Posterior",
     "PosteriorLike",
+    "Prior",
+    "RankRule",
+    "ResolvedIds",
+    "fit_beta_prior",
+    "fit_grid_prior",
+    "prior_from_state",
 ]
 
 
-@runtime_checkable
-class PosteriorLike(Protocol):
-    """What allocators need from a batch posterior over success rates."""
-
-    rank: np.ndarray | None
-
-    @property
-    def mean(self) -> np.ndarray:
-        """Posterior mean success rate per prompt."""
-        ...
-
-    @property
-    def variance(self) -> np.ndarray:
-        """Posterior variance of the success rate per prompt."""
-        ...
-
-    def __len__(self) -> int:
-        """Number of prompts."""
-        ...
-
-    def sample(self, rng: np.random.Generator) -> np.ndarray:
-        """One draw of every prompt's success rate."""
-        ...
-
-    def moment(self, i: Any, j: Any) -> np.ndarray:
-        r"""Return :math:`E[p^i (1-p)^j]` per prompt."""
-        ...
-
-    def expected_mixed(self, n: Any) -> np.ndarray:
-        """Probability that ``n`` rollouts hold both a success and a failure."""
-        ...
+#: The scores :meth:`BetaDifficultyTracker.rank` ranks by (its ``by=``).
+RANK_SCORES = ("mean", "accuracy")
 
 
-def _check_rng(rng: Any) -> np.random.Generator:
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-    return rng
+@dataclass(frozen=True)
+class RankRule:
+    """How a scheduler ranks prompts by difficulty: what a ``rank_by`` name means.
+
+    Args:
+        by: The tracker's score, passed to :meth:`BetaDifficultyTracker.rank` as ``by``:
+            ``"mean"`` (posterior mean) or ``"accuracy"`` (raw accuracy, the E3 paper's).
+        per_epoch: Freeze the tracked prompts' ranks at each epoch end (the paper) instead of
+            ranking live; prompts first seen since the last epoch end are ranked live.
+    """
+
+    by: str
+    per_epoch: bool = False
+
+    def __post_init__(self) -> None:
+        check_choice("by", self.by, RANK_SCORES)
 
 
-def _check_rank(rank: Any, length: int) -> np.ndarray | None:
-    if rank is None:
-        return None
-    arr = as_float_array("rank", rank)
-    if len(arr) != length:
-        raise ValueError(f"rank must have length {length}, got {len(arr)}")
-    if ((arr < 0) | (arr > 1)).any():
-        raise ValueError(f"rank must lie in [0, 1], got values in [{arr.min()}, {arr.max()}]")
-    return arr
-
-
-def _mixed_from_moments(post: PosteriorLike, n: Any) -> np.ndarray:
-    n_arr = np.asarray(n, dtype=np.float64)
-    if not np.isfinite(n_arr).all() or (n_arr < 0).any():
-        raise ValueError(f"n must be finite and >= 0, got {n}")
-    out = 1.0 - post.moment(n_arr, 0.0) - post.moment(0.0, n_arr)
-    # 1 - E[p^n] - E[(1-p)^n] is 0 at n = 1 and -1 at n = 0; round-off can dip below 0.
-    return np.where(n_arr >= 1, np.clip(out, 0.0, 1.0), 0.0)
+#: The scheduler's (and settings') ``rank_by`` names and what each means; the one place that maps
+#: them to the tracker's :data:`RANK_SCORES`.
+RANK_BY: Registry[RankRule] = Registry("rank rule")
+RANK_BY.add("mean", RankRule("mean"))
+RANK_BY.add("epoch_accuracy", RankRule("accuracy", per_epoch=True))
 
 
 @dataclass(frozen=True, eq=False)
-class Posterior:
-    r"""Beta posteriors :math:`p_i \sim \mathrm{Beta}(\alpha_i, \beta_i)` of a batch of prompts.
+class ResolvedIds:
+    """A batch of prompt ids looked up in a tracker once, for several queries on that batch.
 
-    Args:
-        alpha: Positive finite first shape parameters, one per prompt.
-        beta: Positive finite second shape parameters, same length.
-        rank: Optional difficulty percentile in ``[0, 1]`` per prompt (1 = hardest) over all
-            tracked prompts, as used by the E3 rank rule (arXiv 2505.18573).
+    Made by :meth:`BetaDifficultyTracker.resolve`; every query of the tracker (:meth:`~
+    BetaDifficultyTracker.posterior`, :meth:`~BetaDifficultyTracker.rank`, :meth:`~
+    BetaDifficultyTracker.counts`, :meth:`~BetaDifficultyTracker.rows`, ...) accepts one in place
+    of the ids and then skips the lookup. It is valid until the tracker's counts change
+    (:meth:`~BetaDifficultyTracker.update`, :meth:`~BetaDifficultyTracker.load_state_dict`); a
+    stale one, or one from another tracker, is refused. The arrays are read-only.
+
+    Attributes:
+        rows: Storage row per position, ``-1`` for ids never observed.
+        successes: Decayed success count per position (0 for unseen ids).
+        failures: Decayed failure count per position (0 for unseen ids).
     """
 
-    alpha: np.ndarray
-    beta: np.ndarray
-    rank: np.ndarray | None = field(default=None)
-
-    def __post_init__(self) -> None:
-        alpha = as_float_array("alpha", self.alpha)
-        beta = as_float_array("beta", self.beta)
-        if len(alpha) != len(beta):
-            raise ValueError(
-                f"alpha and beta must have the same length, got {len(alpha)} and {len(beta)}"
-            )
-        for name, arr in (("alpha", alpha), ("beta", beta)):
-            if (arr <= 0).any():
-                raise ValueError(f"{name} must be > 0, got {arr[arr <= 0][0]}")
-        object.__setattr__(self, "alpha", alpha)
-        object.__setattr__(self, "beta", beta)
-        object.__setattr__(self, "rank", _check_rank(self.rank, len(alpha)))
+    rows: np.ndarray
+    successes: np.ndarray
+    failures: np.ndarray
+    _token: object = field(repr=False)
 
     def __len__(self) -> int:
-        """Number of prompts."""
-        return len(self.alpha)
-
-    @property
-    def mean(self) -> np.ndarray:
-        r""":math:`\alpha / (\alpha + \beta)`."""
-        return self.alpha / (self.alpha + self.beta)
-
-    @property
-    def variance(self) -> np.ndarray:
-        r""":math:`\alpha\beta / ((\alpha+\beta)^2 (\alpha+\beta+1))`."""
-        total = self.alpha + self.beta
-        return self.alpha * self.beta / (total * total * (total + 1.0))
-
-    def sample(self, rng: np.random.Generator) -> np.ndarray:
-        """Draw one success rate per prompt from its Beta posterior."""
-        return _check_rng(rng).beta(self.alpha, self.beta)
-
-    def moment(self, i: Any, j: Any) -> np.ndarray:
-        r"""Return :math:`E[p^i(1-p)^j] = B(\alpha+i, \beta+j) / B(\alpha, \beta)` per prompt."""
-        i_arr = np.asarray(i, dtype=np.float64)
-        j_arr = np.asarray(j, dtype=np.float64)
-        log_m = special.betaln(self.alpha + i_arr, self.beta + j_arr) - special.betaln(
-            self.alpha, self.beta
-        )
-        return np.exp(log_m)
-
-    def expected_mixed(self, n: Any) -> np.ndarray:
-        r"""Probability that ``n`` i.i.d. rollouts hold both a success and a failure.
-
-        .. math:: P_\text{mixed}(n) = 1 - \frac{B(\alpha+n,\beta)}{B(\alpha,\beta)}
-                  - \frac{B(\alpha,\beta+n)}{B(\alpha,\beta)}
-
-        Args:
-            n: Rollout count(s), a scalar or an array broadcastable to the batch; 0 for ``n < 1``.
-        """
-        return _mixed_from_moments(self, n)
-
-
-@dataclass(frozen=True, eq=False)
-class GridPosterior:
-    r"""Posteriors on a fixed grid of success rates (a nonparametric population prior).
-
-    Args:
-        grid: The ``K`` success rates in ``[0, 1]``, increasing.
-        weights: ``[B, K]`` posterior probabilities per prompt; each row sums to 1.
-        rank: Optional difficulty percentile in ``[0, 1]`` (1 = hardest).
-    """
-
-    grid: np.ndarray
-    weights: np.ndarray
-    rank: np.ndarray | None = field(default=None)
-
-    def __post_init__(self) -> None:
-        grid = as_float_array("grid", self.grid)
-        weights = as_float_array("weights", self.weights, ndim=2)
-        if weights.shape[1] != len(grid):
-            raise ValueError(
-                f"weights must have {len(grid)} columns (one per grid point), "
-                f"got shape {weights.shape}"
-            )
-        if ((grid < 0) | (grid > 1)).any() or (np.diff(grid) <= 0).any():
-            raise ValueError("grid must be strictly increasing inside [0, 1]")
-        if (weights < 0).any() or not np.allclose(weights.sum(axis=1), 1.0, atol=1e-8):
-            raise ValueError("weights must be non-negative with rows summing to 1")
-        object.__setattr__(self, "grid", grid)
-        object.__setattr__(self, "weights", weights)
-        object.__setattr__(self, "rank", _check_rank(self.rank, len(weights)))
-
-    def __len__(self) -> int:
-        """Number of prompts."""
-        return self.weights.shape[0]
-
-    @property
-    def mean(self) -> np.ndarray:
-        """Posterior mean success rate per prompt."""
-        return self.weights @ self.grid
-
-    @property
-    def variance(self) -> np.ndarray:
-        """Posterior variance of the success rate per prompt."""
-        mean = self.mean
-        return np.maximum(self.weights @ (self.grid * self.grid) - mean * mean, 0.0)
-
-    def sample(self, rng: np.random.Generator) -> np.ndarray:
-        """Draw one grid success rate per prompt from its posterior."""
-        u = _check_rng(rng).random(len(self))[:, None]
-        idx = (np.cumsum(self.weights, axis=1) < u).sum(axis=1)
-        return self.grid[np.minimum(idx, len(self.grid) - 1)]
-
-    def moment(self, i: Any, j: Any) -> np.ndarray:
-        r"""Return :math:`E[p^i(1-p)^j] = \sum_k w_{ik}\, g_k^i (1-g_k)^j` per prompt."""
-        i_arr = np.asarray(i, dtype=np.float64)
-        j_arr = np.asarray(j, dtype=np.float64)
-        shape = np.broadcast_shapes(i_arr.shape, j_arr.shape, (len(self),))
-        i_b = np.broadcast_to(i_arr, shape)[..., None]
-        j_b = np.broadcast_to(j_arr, shape)[..., None]
-        # 0**0 = 1 by numpy's convention, which is the right limit here.
-        vals = np.power(self.grid, i_b) * np.power(1.0 - self.grid, j_b)
-        return (vals * self.weights).sum(axis=-1)
-
-    def expected_mixed(self, n: Any) -> np.ndarray:
-        r"""Probability that ``n`` rollouts hold both outcomes: :math:`1 - E[p^n] - E[(1-p)^n]`."""
-        return _mixed_from_moments(self, n)
-
-
-def _log_grid_likelihood(grid: np.ndarray, s: np.ndarray, f: np.ndarray) -> np.ndarray:
-    r"""``[N, K]`` log of :math:`g^s (1-g)^f` with :math:`0 \log 0 = 0`."""
-    return special.xlogy(s[:, None], grid[None, :]) + special.xlogy(f[:, None], 1.0 - grid[None, :])
+        """Number of positions (ids, repeats included)."""
+        return len(self.rows)
 
 
 class BetaDifficultyTracker:
-    r"""Decayed success/failure counts per prompt and their Beta (or grid) posteriors.
+    r"""Decayed success/failure counts per prompt and their posteriors under a population prior.
 
     Per prompt id (any hashable; unseen ids get the prior) an update with :math:`s` successes out
     of :math:`t` trials does :math:`\tilde s \leftarrow \lambda\tilde s + s`,
-    :math:`\tilde f \leftarrow \lambda\tilde f + (t-s)`; the posterior is
-    :math:`\mathrm{Beta}(\alpha_0+\tilde s, \beta_0+\tilde f)`. Repeated ids in one call
-    accumulate (decayed once, then all their counts added). Storage is two float64 arrays and an
-    id-to-row dictionary, so a million prompts cost about 16 MB plus the ids.
+    :math:`\tilde f \leftarrow \lambda\tilde f + (t-s)`; the posterior is the prior's posterior
+    of :math:`(\tilde s, \tilde f)`, :math:`\mathrm{Beta}(\alpha_0+\tilde s, \beta_0+\tilde f)`
+    under the initial :class:`BetaPrior`. Repeated ids in one call accumulate (decayed once,
+    then all their counts added). Storage is two float64 arrays and an id-to-row dictionary, so a
+    million prompts cost about 16 MB plus the ids.
 
     Args:
-        prior_alpha: :math:`\alpha_0 > 0` of the population prior.
-        prior_beta: :math:`\beta_0 > 0` of the population prior.
+        prior_alpha: :math:`\alpha_0 > 0` of the initial Beta population prior.
+        prior_beta: :math:`\beta_0 > 0` of the initial Beta population prior.
         decay: :math:`\lambda \in (0, 1]`; 1 keeps all history (the E3 paper's cumulative accuracy).
+        prior: The initial population prior as an object instead (a :class:`BetaPrior` or
+            :class:`GridPrior`); then ``prior_alpha`` and ``prior_beta`` must stay at 1.
+
+    Attributes:
+        prior: The current population prior (a :class:`Prior`); :meth:`fit_prior` replaces it,
+            and it may be assigned.
     """
 
-    def __init__(self, prior_alpha: float = 1.0, prior_beta: float = 1.0, decay: float = 1.0):
-        self.prior_alpha = check_float("prior_alpha", prior_alpha, low=0.0, low_open=True)
-        self.prior_beta = check_float("prior_beta", prior_beta, low=0.0, low_open=True)
+    def __init__(
+        self,
+        prior_alpha: float = 1.0,
+        prior_beta: float = 1.0,
+        decay: float = 1.0,
+        *,
+        prior: Prior | None = None,
+    ):
+        alpha = check_float("prior_alpha", prior_alpha, low=0.0, low_open=True)
+        beta = check_float("prior_beta", prior_beta, low=0.0, low_open=True)
         self.decay = check_float("decay", decay, low=0.0, high=1.0, low_open=True)
-        self.prior_kind = "beta"
-        self.prior_grid: np.ndarray | None = None
-        self.prior_weights: np.ndarray | None = None
+        if prior is not None and (alpha, beta) != (1.0, 1.0):
+            raise ValueError(
+                f"give the initial prior as prior_alpha/prior_beta or as prior, not both; got "
+                f"prior_alpha={alpha}, prior_beta={beta} and prior={prior!r}"
+            )
+        self._sorted_cache: dict[str, np.ndarray] = {}
+        self.prior = BetaPrior(alpha, beta) if prior is None else prior
         self._index: dict[Hashable, int] = {}
         self._ids: list[Hashable] = []
         self._s = np.zeros(0, dtype=np.float64)
         self._f = np.zeros(0, dtype=np.float64)
-        self._sorted_cache: dict[str, np.ndarray] = {}
+        self._token = object()  # replaced whenever counts change: ResolvedIds check it
+
+    @property
+    def prior(self) -> Prior:
+        """The current population prior."""
+        return self._prior
+
+    @prior.setter
+    def prior(self, prior: Prior) -> None:
+        if not isinstance(prior, Prior):
+            raise TypeError(
+                f"prior must be a Prior (e.g. "
+                f"{', '.join(PRIORS.get(name).__name__ for name in PRIORS)}), "
+                f"got {type(prior).__name__}"
+            )
+        self._prior = prior
+        self._sorted_cache.clear()  # mean ranks depend on the prior
 
     # ------------------------------------------------------------------ ids
     def __len__(self) -> int:
@@ -338,10 +253,41 @@ class BetaDifficultyTracker:
         rows = np.fromiter((index.get(pid, -1) for pid in uniq), dtype=np.int64, count=len(uniq))
         return rows, inverse
 
+    def resolve(self, prompt_ids: Any) -> ResolvedIds:
+        """Look ``prompt_ids`` up once; pass the result to several queries on the same batch.
+
+        Args:
+            prompt_ids: Hashable ids (repeats allowed), or a :class:`ResolvedIds` of this tracker
+                (returned as it is if still valid).
+
+        Raises:
+            ValueError: A :class:`ResolvedIds` from before the last change of the counts, or
+                from another tracker.
+        """
+        if isinstance(prompt_ids, ResolvedIds):
+            if prompt_ids._token is not self._token:
+                raise ValueError(
+                    "prompt_ids is a ResolvedIds from another tracker or from before this "
+                    "tracker's last update/load_state_dict: resolve the ids again"
+                )
+            return prompt_ids
+        rows, inverse = self._rows(prompt_ids, create=False)
+        known = rows >= 0
+        if known.any():
+            safe = np.maximum(rows, 0)
+            s = np.where(known, self._s[safe], 0.0)[inverse]
+            f = np.where(known, self._f[safe], 0.0)[inverse]
+        else:
+            s = np.zeros(len(inverse))
+            f = np.zeros(len(inverse))
+        rows = rows[inverse]
+        for arr in (rows, s, f):
+            arr.flags.writeable = False
+        return ResolvedIds(rows, s, f, self._token)
+
     def rows(self, prompt_ids: Any) -> np.ndarray:
         """Storage row of each id, ``-1`` for ids never observed (rows are stable)."""
-        rows, inverse = self._rows(prompt_ids, create=False)
-        return rows[inverse]
+        return self.resolve(prompt_ids).rows.copy()
 
     def _grow(self, size: int) -> None:
         if size > len(self._s):
@@ -387,49 +333,40 @@ class BetaDifficultyTracker:
             self._f[rows] *= self.decay
         self._s[rows] += add_s
         self._f[rows] += add_f
+        self._counts_changed()
+
+    def _counts_changed(self) -> None:
         self._sorted_cache.clear()
+        self._token = object()
 
     # ----------------------------------------------------------- posteriors
     def counts(self, prompt_ids: Any) -> tuple[np.ndarray, np.ndarray]:
         """Decayed success and failure counts of ``prompt_ids`` (0 for unseen ids)."""
-        rows, inverse = self._rows(prompt_ids, create=False)
-        known = rows >= 0
-        if not known.any():
-            zeros = np.zeros(len(inverse))
-            return zeros, zeros.copy()
-        safe = np.maximum(rows, 0)
-        s = np.where(known, self._s[safe], 0.0)
-        f = np.where(known, self._f[safe], 0.0)
-        return s[inverse], f[inverse]
-
-    def _posterior_from_counts(
-        self, s: np.ndarray, f: np.ndarray, rank: np.ndarray | None
-    ) -> Posterior | GridPosterior:
-        if self.prior_kind == "beta":
-            return Posterior(self.prior_alpha + s, self.prior_beta + f, rank=rank)
-        assert self.prior_grid is not None and self.prior_weights is not None
-        log_w = _log_grid_likelihood(self.prior_grid, s, f) + special.xlogy(1.0, self.prior_weights)
-        log_w -= log_w.max(axis=1, keepdims=True)
-        w = np.exp(log_w)
-        w /= w.sum(axis=1, keepdims=True)
-        return GridPosterior(self.prior_grid, w, rank=rank)
+        ids = self.resolve(prompt_ids)
+        return ids.successes.copy(), ids.failures.copy()
 
     def posterior(
-        self, prompt_ids: Any, *, with_rank: bool = False, rank_by: str = "mean"
+        self, prompt_ids: Any, *, with_rank: bool = False, by: str = "mean"
     ) -> Posterior | GridPosterior:
-        """Posterior of each id in order (the prior for unseen ids).
+        """Posterior of each id in order (the prior for unseen ids), from :attr:`prior`.
 
         Args:
-            prompt_ids: Hashable ids.
-            with_rank: Also fill ``rank`` (see :meth:`rank`).
-            rank_by: ``"mean"`` or ``"accuracy"``, passed to :meth:`rank`.
+            prompt_ids: Hashable ids, or a :class:`ResolvedIds` of this tracker.
+            with_rank: Also fill ``rank`` (see :meth:`rank`); the ids are looked up once for
+                both.
+            by: The rank's score, ``"mean"`` or ``"accuracy"``, as for :meth:`rank`.
 
         Returns:
-            A :class:`Posterior`, or a :class:`GridPosterior` after ``fit_prior(kind="grid")``.
+            A :class:`Posterior` under a :class:`BetaPrior`, a :class:`GridPosterior` under a
+            :class:`GridPrior` (after ``fit_prior(kind="grid")``).
         """
-        s, f = self.counts(prompt_ids)
-        rank = self.rank(prompt_ids, by=rank_by) if with_rank else None
-        return self._posterior_from_counts(s, f, rank)
+        if with_rank:
+            check_choice("by", by, RANK_SCORES)
+        ids = self.resolve(prompt_ids)
+        post = self._prior._posterior(ids.successes, ids.failures, None)
+        if not with_rank:
+            return post
+        return dataclasses.replace(post, rank=self._rank(ids, by, post))
 
     def mean(self, prompt_ids: Any) -> np.ndarray:
         """Posterior mean success rate of each id."""
@@ -450,7 +387,7 @@ class BetaDifficultyTracker:
             total = s + f
             return np.divide(s, total, out=np.zeros(n), where=total > 0)
         chunks = [
-            self._posterior_from_counts(s[k : k + 65536], f[k : k + 65536], None).mean
+            self._prior._posterior(s[k : k + 65536], f[k : k + 65536], None).mean
             for k in range(0, n, 65536)
         ]
         return np.concatenate(chunks) if chunks else np.zeros(0)
@@ -461,21 +398,34 @@ class BetaDifficultyTracker:
         :math:`k_i = |\{j : a_j > a_i\}| / N`, the share of the :math:`N` tracked prompts that are
         easier, where :math:`a` is the posterior mean (``by="mean"``) or the raw accuracy
         :math:`\tilde s/(\tilde s+\tilde f)` with unseen prompts at 0 (``by="accuracy"``, the E3
-        paper's "position / |D|" with ties sharing the lowest position).
+        paper's "position / |D|" with ties sharing the lowest position). The scheduler's
+        ``rank_by`` names map to these scores in :data:`RANK_BY`.
+
+        Args:
+            prompt_ids: Hashable ids, or a :class:`ResolvedIds` of this tracker.
+            by: A name in :data:`RANK_SCORES`: ``"mean"`` or ``"accuracy"``.
         """
-        check_choice("by", by, ("mean", "accuracy"))
+        check_choice("by", by, RANK_SCORES)
+        return self._rank(self.resolve(prompt_ids), by, None)
+
+    def _rank(
+        self, ids: ResolvedIds, by: str, post: Posterior | GridPosterior | None
+    ) -> np.ndarray:
+        """:meth:`rank` of resolved ids; ``post``: their posterior, if already built."""
         n = len(self)
         if n == 0:
-            return np.zeros(len(self._unique(prompt_ids)[1]))
+            return np.zeros(len(ids))
         if by not in self._sorted_cache:
             self._sorted_cache[by] = np.sort(self._all_scores(by))
         ordered = self._sorted_cache[by]
         if by == "accuracy":
-            s, f = self.counts(prompt_ids)
+            s, f = ids.successes, ids.failures
             total = s + f
             score = np.divide(s, total, out=np.zeros(len(s)), where=total > 0)
         else:
-            score = self.posterior(prompt_ids).mean
+            if post is None:
+                post = self._prior._posterior(ids.successes, ids.failures, None)
+            score = post.mean
         easier = n - np.searchsorted(ordered, score, side="right")
         return easier / n
 
@@ -502,99 +452,75 @@ class BetaDifficultyTracker:
     ) -> dict[str, Any]:
         r"""Refit the population prior by maximum marginal likelihood (empirical Bayes).
 
+        Replaces :attr:`prior` with :func:`fit_beta_prior` (``"beta"``, started from the current
+        prior when that is a Beta) or :func:`fit_grid_prior` (``"grid"``) of all tracked counts
+        (prompts with trials, counts rounded to 0.01 and pooled):
         ``"beta"`` maximises :math:`\sum_i \log B(\alpha_0+\tilde s_i, \beta_0+\tilde f_i) -
-        \log B(\alpha_0,\beta_0)` over :math:`\alpha_0,\beta_0 \in [10^{-3}, 10^4]`. ``"grid"``
+        \log B(\alpha_0,\beta_0)` over :math:`\alpha_0,\beta_0 \in [10^{-3}, 10^4]`; ``"grid"``
         fits mixing weights :math:`\pi_k` on ``grid_size`` evenly spaced rates (0 and 1 included,
         so "never" and "always solved" get point masses) by EM:
         :math:`\pi_k \leftarrow \frac1N\sum_i \pi_k L_{ik}/\sum_{k'}\pi_{k'}L_{ik'}` with
         :math:`L_{ik} = g_k^{\tilde s_i}(1-g_k)^{\tilde f_i}`.
 
         Args:
-            kind: ``"beta"`` or ``"grid"``.
+            kind: A name in :data:`PRIORS`: ``"beta"`` or ``"grid"``.
             grid_size: Number of grid points (``"grid"`` only), at least 3.
             max_iter: Iteration cap of the optimiser or of EM.
             tol: Stop EM when the mean log-likelihood improves by less than this.
 
         Returns:
-            The fitted prior: ``{"kind", "alpha", "beta"}`` or ``{"kind", "grid", "weights"}``,
-            with the mean marginal log-likelihood per prompt as ``"loglik"``.
+            The fitted prior as data: ``{"kind", "alpha", "beta"}`` or ``{"kind", "grid",
+            "weights"}`` (its :meth:`~Prior.state_dict`), with the mean marginal log-likelihood
+            per prompt of the fitted prior (:meth:`Prior.log_marginal`) as ``"loglik"``.
         """
-        check_choice("kind", kind, ("beta", "grid"))
+        PRIORS.check("kind", kind)
         grid_size = check_int("grid_size", grid_size, low=3)
         max_iter = check_int("max_iter", max_iter, low=1)
         tol = check_float("tol", tol, low=0.0)
         s, f, c = self._fit_data()
-        total = c.sum()
+        prior: Prior
         if kind == "beta":
-
-            def neg(theta: np.ndarray) -> tuple[float, np.ndarray]:
-                a, b = np.exp(theta)
-                ll = c @ (special.betaln(a + s, b + f) - special.betaln(a, b))
-                dig_ab = special.digamma(a + b + s + f) - special.digamma(a + b)
-                da = c @ (special.digamma(a + s) - special.digamma(a) - dig_ab)
-                db = c @ (special.digamma(b + f) - special.digamma(b) - dig_ab)
-                return -ll / total, -np.array([da * a, db * b]) / total
-
-            x0 = np.log([self.prior_alpha, self.prior_beta])
-            bounds = [(np.log(1e-3), np.log(1e4))] * 2
-            res = optimize.minimize(
-                neg, np.clip(x0, *bounds[0]), jac=True, method="L-BFGS-B", bounds=bounds
-            )
-            self.prior_alpha, self.prior_beta = (float(v) for v in np.exp(res.x))
-            self.prior_kind = "beta"
-            self.prior_grid = self.prior_weights = None
-            self._sorted_cache.clear()
-            return {
-                "kind": "beta",
-                "alpha": self.prior_alpha,
-                "beta": self.prior_beta,
-                "loglik": float(-res.fun),
-            }
-        grid = np.linspace(0.0, 1.0, grid_size)
-        log_l = _log_grid_likelihood(grid, s, f)
-        row_max = log_l.max(axis=1, keepdims=True)
-        lik = np.exp(log_l - row_max)
-        pi = np.full(grid_size, 1.0 / grid_size)
-        prev = -np.inf
-        for _ in range(max_iter):
-            mix = lik @ pi
-            ll = (c @ (np.log(mix) + row_max[:, 0])) / total
-            pi = pi * (lik.T @ (c / mix)) / total
-            pi /= pi.sum()
-            if ll - prev < tol:
-                break
-            prev = ll
-        self.prior_kind = "grid"
-        self.prior_grid = grid
-        self.prior_weights = pi
-        self._sorted_cache.clear()
-        return {"kind": "grid", "grid": grid.copy(), "weights": pi.copy(), "loglik": float(ll)}
+            start = self._prior if isinstance(self._prior, BetaPrior) else None
+            prior = fit_beta_prior(s, f, c, start=start, max_iter=max_iter)
+        else:
+            prior = fit_grid_prior(s, f, c, grid_size=grid_size, max_iter=max_iter, tol=tol)
+        self.prior = prior
+        return {**prior.state_dict(), "loglik": prior._log_marginal(s, f, c)}
 
     # ----------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume exactly (numpy arrays and plain Python values)."""
+        """Everything needed to resume exactly (numpy arrays and plain Python values).
+
+        ``{"version": 2, "decay", "prior": prior.state_dict(), "ids", "successes",
+        "failures"}``; :meth:`load_state_dict` also reads version 1 (flat ``prior_*`` keys).
+        """
         n = len(self)
         return {
-            "version": 1,
-            "prior_alpha": self.prior_alpha,
-            "prior_beta": self.prior_beta,
+            "version": _STATE_VERSION,
             "decay": self.decay,
-            "prior_kind": self.prior_kind,
-            "prior_grid": None if self.prior_grid is None else self.prior_grid.copy(),
-            "prior_weights": None if self.prior_weights is None else self.prior_weights.copy(),
+            "prior": self._prior.state_dict(),
             "ids": list(self._ids),
             "successes": self._s[:n].copy(),
             "failures": self._f[:n].copy(),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict` exactly."""
-        required = {"prior_alpha", "prior_beta", "decay", "prior_kind", "ids", "successes"}
-        missing = required - set(state) - {"failures"}
-        if missing or "failures" not in state:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict` exactly (version 2, or version 1 of e3core 0.1)."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state must be a mapping, got {type(state).__name__}")
+        version = state.get("version", 1)
+        if version not in (1, _STATE_VERSION):
             raise ValueError(
-                f"state is missing keys {sorted(missing | ({'failures'} - set(state)))}"
+                f"state['version'] must be 1 or {_STATE_VERSION} (a BetaDifficultyTracker "
+                f"state), got {_show(version)}"
             )
+        if version == 1:
+            required = {"prior_alpha", "prior_beta", "decay", "prior_kind", "ids", "successes"}
+        else:
+            required = {"decay", "prior", "ids", "successes"}
+        missing = sorted((required | {"failures"}) - set(state))
+        if missing:
+            raise ValueError(f"state is missing keys {missing}")
         ids = list(state["ids"])
         s = np.array(state["successes"], dtype=np.float64)
         f = np.array(state["failures"], dtype=np.float64)
@@ -603,19 +529,31 @@ class BetaDifficultyTracker:
                 f"state ids, successes and failures differ in length: {len(ids)}, {len(s)}, "
                 f"{len(f)}"
             )
-        kind = check_choice("state['prior_kind']", state["prior_kind"], ("beta", "grid"))
-        self.prior_alpha = check_float("prior_alpha", state["prior_alpha"], low=0, low_open=True)
-        self.prior_beta = check_float("prior_beta", state["prior_beta"], low=0, low_open=True)
-        self.decay = check_float("decay", state["decay"], low=0, high=1, low_open=True)
-        self.prior_kind = kind
-        grid, weights = state.get("prior_grid"), state.get("prior_weights")
-        self.prior_grid = None if grid is None else np.array(grid, dtype=np.float64)
-        self.prior_weights = None if weights is None else np.array(weights, dtype=np.float64)
-        if kind == "grid" and (self.prior_grid is None or self.prior_weights is None):
-            raise ValueError("a grid prior state needs prior_grid and prior_weights")
-        self._ids = ids
-        self._index = {pid: row for row, pid in enumerate(ids)}
-        if len(self._index) != len(ids):
+        prior = _prior_from_v1(state) if version == 1 else prior_from_state(state["prior"])
+        decay = check_float("decay", state["decay"], low=0, high=1, low_open=True)
+        index = {pid: row for row, pid in enumerate(ids)}
+        if len(index) != len(ids):
             raise ValueError("state ids must be unique")
+        self.decay = decay
+        self.prior = prior
+        self._ids = ids
+        self._index = index
         self._s, self._f = s.copy(), f.copy()
-        self._sorted_cache.clear()
+        self._counts_changed()
+
+
+_STATE_VERSION = 2
+
+
+def _prior_from_v1(state: Mapping[str, Any]) -> Prior:
+    """The prior of a version-1 tracker state (flat ``prior_kind``/``prior_*`` keys)."""
+    kind = check_choice("state['prior_kind']", state["prior_kind"], ("beta", "grid"))
+    if kind == "beta":
+        return BetaPrior(
+            check_float("prior_alpha", state["prior_alpha"], low=0, low_open=True),
+            check_float("prior_beta", state["prior_beta"], low=0, low_open=True),
+        )
+    grid, weights = state.get("prior_grid"), state.get("prior_weights")
+    if grid is None or weights is None:
+        raise ValueError("a grid prior state needs prior_grid and prior_weights")
+    return GridPrior(grid, weights)

@@ -13,29 +13,39 @@ One training step (Liao et al., arXiv 2505.18573, Alg. 1, generalised):
    every ``refit_every`` steps; at epoch ends (``steps_per_epoch``) the bounds widen by
    ``widen_per_epoch`` within ``widen_limits`` and rank snapshots are refreshed.
 
-Everything a resumed run needs is in :meth:`E3Scheduler.state_dict`. The scheduler is
-deterministic given its inputs and seed, so ranks that call it with the same inputs agree; the
-adapters still plan on rank 0 and broadcast.
+The per-step bookkeeping the adapters share lives here too: ``observe`` reports one metric set
+(:meth:`E3Scheduler.observe`; documented once, in the logging guide), including the temperature
+the step was sampled at (remembered by ``plan``), and a missing or invalid entropy is skipped
+and counted (``e3/entropy_skipped``) with one warning (:meth:`E3Scheduler.observe_entropy`).
+
+Everything a resumed run needs is in :meth:`E3Scheduler.state_dict`, as plain Python data
+(numbers, strings, lists, dicts) that ``torch.load(..., weights_only=True)`` accepts. The
+scheduler is deterministic given its inputs and seed, so ranks that call it with the same
+inputs agree; the adapters still plan on rank 0 and broadcast.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from e3core._validation import as_float_array, check_choice, check_float, check_int
-from e3core.allocation import Allocator, Budget, KnapsackAllocator, RankAllocator
-from e3core.difficulty import BetaDifficultyTracker, GridPosterior, Posterior
-from e3core.temperature import (
-    CosineAnnealedTarget,
-    E3TemperatureController,
-    PITemperatureController,
-    TemperatureController,
-)
+from e3core._validation import _show, as_float_array, check_float, check_int
+from e3core.allocation import Allocator, Budget, KnapsackAllocator
+from e3core.difficulty import PRIORS, RANK_BY, BetaDifficultyTracker, GridPosterior, Posterior
+from e3core.temperature import PITemperatureController, TemperatureController
 
-__all__ = ["E3Scheduler", "RolloutPlan"]
+__all__ = ["STATE_VERSION", "E3Scheduler", "RolloutPlan"]
+
+logger = logging.getLogger(__name__)
+
+STATE_VERSION = 2
+"""Layout version of :meth:`E3Scheduler.state_dict`, checked on load (2: targets are objects,
+the state is plain data, the skipped-entropy count is kept)."""
 
 
 @dataclass(frozen=True)
@@ -67,44 +77,97 @@ def _to_numpy(name: str, value: Any) -> np.ndarray:
     return as_float_array(name, value)
 
 
+def _plain(value: Any) -> Any:
+    """``value`` with numpy arrays as lists and numpy scalars as Python scalars, recursively.
+
+    Checkpoints then hold only what ``torch.load(..., weights_only=True)`` accepts; float64
+    arrays round-trip exactly through Python floats.
+    """
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = [_plain(item) for item in value]
+        return items if isinstance(value, list) else tuple(items)
+    if isinstance(value, (np.ndarray, np.generic)):
+        return value.tolist()
+    return value
+
+
+def _entropy_or_none(entropy: Any) -> float | None:
+    """The entropy as a float when it is finite and > 0; None when missing or invalid.
+
+    Raises:
+        TypeError: ``entropy`` is neither None nor one real number (a 0-d or one-element
+            tensor or array counts as one number).
+    """
+    if entropy is None:
+        return None
+    if hasattr(entropy, "item") and not isinstance(entropy, (int, float)):
+        try:
+            entropy = entropy.item()
+        except (ValueError, RuntimeError) as exc:
+            raise TypeError(
+                f"entropy must be one real number or None, got {_show(entropy)}"
+            ) from exc
+    if isinstance(entropy, bool) or not isinstance(entropy, (int, float)):
+        raise TypeError(f"entropy must be a real number or None, got {_show(entropy)}")
+    value = float(entropy)
+    return value if math.isfinite(value) and value > 0 else None
+
+
 class E3Scheduler:
     r"""Difficulty tracking, rollout allocation and temperature control for one training run.
+
+    Every argument is keyword-only. A scheduler from named settings is
+    :meth:`E3Settings.build_scheduler <e3core.settings.E3Settings.build_scheduler>`'s; the
+    paper's is :meth:`paper`.
 
     Args:
         tracker: The difficulty tracker (default: ``BetaDifficultyTracker()``).
         allocator: The allocator (default: ``KnapsackAllocator("mixed")``, the best configuration
             in ``benchmarks/allocation_sim.py`` together with the grid prior refits below).
-        controller: A temperature controller, or ``None`` for a fixed ``temperature``
-            (default: ``PITemperatureController()`` with the first step's entropy as target).
+        controller: A temperature controller; a callable without arguments that returns one
+            (the default, :class:`~e3core.PITemperatureController`, so every scheduler gets a
+            fresh PI controller with its defaults: the first step's entropy as target, bounds
+            0.5..1.5); or ``None`` for a fixed ``temperature``.
         rollouts_per_prompt: :math:`G`; each step spends :math:`N = B\cdot G` rollouts.
         min_per_prompt: Lower bound per prompt.
         max_per_prompt: Upper bound per prompt (None: no bound beyond the budget).
         success_threshold: A reward :math:`\ge` this counts as a success.
         refit_every: Refit the tracker's prior every this many steps (None: never).
-        prior_kind: ``"beta"`` or ``"grid"``, the refitted prior.
+        refit_prior: The kind of prior each refit fits, a name in
+            :data:`~e3core.priors.PRIORS`: ``"grid"`` or ``"beta"`` (the tracker's current
+            prior is ``tracker.prior``, an object).
         refit_min_prompts: Skip refits until this many prompts have been observed.
-        rank_by: ``"mean"`` (live posterior-mean rank) or ``"epoch_accuracy"`` (the paper:
-            accuracy rank over all tracked prompts, frozen at each epoch end). Used by allocators
-            that read ``posterior.rank``.
+        rank_by: A name in :data:`~e3core.difficulty.RANK_BY`: ``"mean"`` (live
+            posterior-mean rank, the tracker's ``rank(by="mean")``) or ``"epoch_accuracy"`` (the
+            paper: the tracker's ``rank(by="accuracy")`` over all tracked prompts, frozen at each
+            epoch end). Used by allocators that read ``posterior.rank``.
         steps_per_epoch: Steps per epoch, for epoch-end events (None: call :meth:`end_epoch`).
         widen_per_epoch: :math:`u`: at each epoch end ``min -= u`` and ``max += u``.
         widen_limits: ``(n_low, n_high)`` that widening stays within.
         temperature: The fixed temperature when ``controller`` is None.
         seed: Seed of the scheduler's generator (Thompson sampling, random tie-breaks).
+
+    Attributes:
+        entropy_skipped: Entropies skipped so far because they were missing or invalid (see
+            :meth:`observe_entropy`); saved with the state.
     """
 
     def __init__(
         self,
+        *,
         tracker: BetaDifficultyTracker | None = None,
         allocator: Allocator | None = None,
-        controller: TemperatureController | str | None = "default",
+        controller: TemperatureController
+        | Callable[[], TemperatureController]
+        | None = PITemperatureController,
         rollouts_per_prompt: int = 8,
         min_per_prompt: int = 2,
         max_per_prompt: int | None = 32,
         success_threshold: float = 0.5,
-        *,
         refit_every: int | None = 25,
-        prior_kind: str = "grid",
+        refit_prior: str = "grid",
         refit_min_prompts: int = 64,
         rank_by: str = "mean",
         steps_per_epoch: int | None = None,
@@ -121,19 +184,7 @@ class E3Scheduler:
         self.allocator = KnapsackAllocator("mixed") if allocator is None else allocator
         if not hasattr(self.allocator, "allocate"):
             raise TypeError(f"allocator must have allocate(), got {type(allocator).__name__}")
-        if isinstance(controller, str):
-            if controller != "default":
-                raise ValueError(
-                    f"controller must be a TemperatureController, None or 'default', "
-                    f"got {controller!r}"
-                )
-            controller = PITemperatureController()
-        if controller is not None and not isinstance(controller, TemperatureController):
-            raise TypeError(
-                f"controller must be a TemperatureController or None, got "
-                f"{type(controller).__name__}"
-            )
-        self.controller = controller
+        self.controller = self._make_controller(controller)
         self.rollouts_per_prompt = check_int("rollouts_per_prompt", rollouts_per_prompt, low=1)
         self.min_per_prompt = check_int(
             "min_per_prompt", min_per_prompt, low=1, high=self.rollouts_per_prompt
@@ -147,9 +198,9 @@ class E3Scheduler:
         self.refit_every = (
             None if refit_every is None else check_int("refit_every", refit_every, low=1)
         )
-        self.prior_kind = check_choice("prior_kind", prior_kind, ("beta", "grid"))
+        self.refit_prior = PRIORS.check("refit_prior", refit_prior)
         self.refit_min_prompts = check_int("refit_min_prompts", refit_min_prompts, low=1)
-        self.rank_by = check_choice("rank_by", rank_by, ("mean", "epoch_accuracy"))
+        self.rank_by = RANK_BY.check("rank_by", rank_by)
         self.steps_per_epoch = (
             None
             if steps_per_epoch is None
@@ -167,8 +218,28 @@ class E3Scheduler:
         self._rng = np.random.default_rng(self.seed)
         self.step = 0
         self.epoch = 0
+        self.entropy_skipped = 0
         self._rank_snapshot: np.ndarray | None = None
-        self._last_counts: np.ndarray | None = None
+        self._planned_temperature: float | None = None
+        self._warned_entropy = False
+
+    @staticmethod
+    def _make_controller(
+        controller: TemperatureController | Callable[[], TemperatureController] | None,
+    ) -> TemperatureController | None:
+        """The controller, built first when a factory (e.g. a controller class) is given."""
+        if controller is None or isinstance(controller, TemperatureController):
+            return controller
+        if isinstance(controller, str) or not callable(controller):
+            raise TypeError(
+                f"controller must be a TemperatureController, a callable without arguments "
+                f"that returns one, or None, got {_show(controller)} (to choose a controller "
+                f"by name, use E3Settings(controller=...).build_scheduler)"
+            )
+        built = controller()
+        if not isinstance(built, TemperatureController):
+            raise TypeError(f"controller() must return a TemperatureController, got {_show(built)}")
+        return built
 
     # ------------------------------------------------------------ factory
     @classmethod
@@ -179,45 +250,38 @@ class E3Scheduler:
         steps_per_epoch: int,
         total_steps: int,
         rollouts_per_prompt: int = 8,
-        widen_per_epoch: int = 2,
-        widen_limits: tuple[int, int] = (4, 12),
-        final_ratio: float = 0.9,
-        min_temperature: float = 0.1,
-        max_temperature: float = 10.0,
-        success_threshold: float = 0.5,
         seed: int = 0,
+        **overrides: Any,
     ) -> E3Scheduler:
         r"""The E3 paper's configuration (arXiv 2505.18573; scripts: G=8, u=2, 4..12, B=64).
 
-        Rank allocation on the all-time accuracy rank frozen at each epoch end; bounds
-        ``min = max = G`` in epoch 1 (so allocation is uniform), widened by ``u`` per epoch
-        within ``widen_limits``; the E3 temperature rule with the first step's entropy as
-        target, cosine-annealed over the last 40% of ``total_steps`` to ``final_ratio``.
-        Differences from the paper's code (its flaws, see the docs): the cap is enforced, the
-        temperature is bounded (here loosely, to ``[0.1, 10]``), the state is checkpointed.
+        Built from :meth:`E3Settings.paper <e3core.settings.E3Settings.paper>`, the one place
+        the paper's configuration is written: rank allocation on the all-time accuracy rank
+        frozen at each epoch end; bounds ``min = max = G`` in epoch 1 (so allocation is
+        uniform), widened by ``u`` per epoch within ``widen_min..widen_max``; the E3 temperature
+        rule with the first step's entropy as target, cosine-annealed over the last 40% of
+        ``total_steps`` to ``anneal_final_ratio``. Differences from the paper's code (its flaws,
+        see the docs): the cap is enforced, the temperature is bounded (here loosely, to
+        ``[0.1, 10]``), the state is checkpointed.
+
+        Args:
+            vocab_size: :math:`V`, the policy's vocabulary size (the E3 rule's).
+            steps_per_epoch: Steps per epoch (widening and rank snapshots).
+            total_steps: Steps in the run (the annealing).
+            rollouts_per_prompt: :math:`G`.
+            seed: Seed of the scheduler's generator.
+            **overrides: :class:`~e3core.settings.E3Settings` fields that replace the paper's
+                (e.g. ``widen_min=2, widen_max=6``, ``anneal_final_ratio=0.8``).
         """
-        controller = E3TemperatureController(
-            vocab_size,
-            initial_temperature=1.0,
-            warmup_steps=1,
-            min_temperature=min_temperature,
-            max_temperature=max_temperature,
-            target_schedule=CosineAnnealedTarget.paper(total_steps, final_ratio),
-        )
-        return cls(
-            BetaDifficultyTracker(decay=1.0),
-            RankAllocator(),
-            controller,
+        from e3core.settings import E3Settings  # settings builds schedulers: import late
+
+        settings = E3Settings.paper(rollouts_per_prompt, **{"seed": seed, **overrides})
+        return settings.build_scheduler(
             rollouts_per_prompt,
-            rollouts_per_prompt,
-            rollouts_per_prompt,
-            success_threshold,
-            refit_every=None,
-            rank_by="epoch_accuracy",
+            vocab_size=vocab_size,
+            total_steps=total_steps,
             steps_per_epoch=steps_per_epoch,
-            widen_per_epoch=widen_per_epoch,
-            widen_limits=widen_limits,
-            seed=seed,
+            prefix="",
         )
 
     # ------------------------------------------------------------ step API
@@ -235,32 +299,39 @@ class E3Scheduler:
         return budget
 
     def posterior(self, prompt_ids: Any) -> Posterior | GridPosterior:
-        """The batch posterior handed to the allocator (with ranks if it uses them)."""
+        """The batch posterior handed to the allocator (with ranks if it uses them).
+
+        The ids are looked up in the tracker once (:meth:`BetaDifficultyTracker.resolve`) for
+        the posterior, the live rank and the rows of the epoch snapshot.
+        """
         if not getattr(self.allocator, "uses_rank", True):
             return self.tracker.posterior(prompt_ids)
-        if self.rank_by == "mean":
-            return self.tracker.posterior(prompt_ids, with_rank=True, rank_by="mean")
-        post = self.tracker.posterior(prompt_ids)
-        live = self.tracker.rank(prompt_ids, by="accuracy")
-        if self._rank_snapshot is None:
-            rank = live
-        else:
-            rows = self.tracker.rows(prompt_ids)
-            known = (rows >= 0) & (rows < len(self._rank_snapshot))
-            rank = np.where(known, self._rank_snapshot[np.where(known, rows, 0)], live)
-        if isinstance(post, Posterior):
-            return Posterior(post.alpha, post.beta, rank=rank)
-        return GridPosterior(post.grid, post.weights, rank=rank)
+        rule = RANK_BY.get(self.rank_by)
+        ids = self.tracker.resolve(prompt_ids)
+        post = self.tracker.posterior(ids, with_rank=True, by=rule.by)
+        snapshot = self._rank_snapshot
+        if not rule.per_epoch or snapshot is None:
+            return post
+        # prompts first seen since the last epoch end keep their live rank
+        known = (ids.rows >= 0) & (ids.rows < len(snapshot))
+        rank = np.where(known, snapshot[np.where(known, ids.rows, 0)], post.rank)
+        return replace(post, rank=rank)
 
     def plan(self, prompt_ids: Any) -> RolloutPlan:
-        """Rollout counts and temperature for this step's prompts (in their order)."""
+        """Rollout counts and temperature for this step's prompts (in their order).
+
+        The plan's temperature is remembered until the next :meth:`observe`, which reports it
+        as ``e3/sample_temperature``. A step may be planned in several calls (a refill of a
+        few prompts): they share the step's temperature.
+        """
         num = len(prompt_ids)
         if num == 0:
             raise ValueError("prompt_ids must not be empty")
         budget = self.budget(num)
         counts = self.allocator.allocate(self.posterior(prompt_ids), budget, rng=self._rng)
-        self._last_counts = counts
-        return RolloutPlan(counts=counts, temperature=self.temperature)
+        plan = RolloutPlan(counts=counts, temperature=self.temperature)
+        self._planned_temperature = plan.temperature
+        return plan
 
     def observe(
         self,
@@ -269,7 +340,19 @@ class E3Scheduler:
         group_ids: Any,
         entropy: float | None = None,
     ) -> dict[str, float]:
-        r"""Feed one step's outcome; return metrics (keys prefixed ``e3/``).
+        r"""Feed one step's outcome; return the step's metrics (keys prefixed ``e3/``).
+
+        The metrics, one set for every adapter (their table is in the logging guide):
+        ``e3/temperature`` (for the next plan), ``e3/sample_temperature`` (the temperature of
+        this step's :meth:`plan`, or the current one when the step was not planned here),
+        ``e3/step``, ``e3/epoch``, ``e3/success_rate``, ``e3/mixed_share``,
+        ``e3/all_correct_share``, ``e3/all_wrong_share``, ``e3/count_min``, ``e3/count_max``,
+        ``e3/count_mean``, ``e3/count_std``, ``e3/count_median`` (completions observed per
+        prompt; ``count_min`` over the prompts that have any, the others over all of
+        ``prompt_ids``), ``e3/min_per_prompt``, ``e3/max_per_prompt``, ``e3/tracked_prompts``,
+        ``e3/entropy_skipped``, the prior's (``e3/prior_alpha`` and ``e3/prior_beta``, or
+        ``e3/prior_mass_never``, ``e3/prior_mass_always`` and ``e3/prior_mean``), and, when
+        ``entropy`` is given, those of :meth:`observe_entropy`.
 
         Args:
             prompt_ids: The step's ``B`` prompt ids.
@@ -277,8 +360,15 @@ class E3Scheduler:
             group_ids: Integers in ``[0, B)``: ``rewards[j]`` belongs to
                 ``prompt_ids[group_ids[j]]``.
             entropy: Mean token entropy of the step's completions at the sampled temperature,
-                for the controller (None: the temperature is left as it is).
+                handed to :meth:`observe_entropy` (invalid values are skipped and counted
+                there). None: no entropy in this call (the temperature is left as it is); give
+                it to :meth:`observe_entropy` when it comes.
         """
+        if entropy is not None:
+            _entropy_or_none(entropy)  # a wrong type raises before anything changes
+        sample_temperature = (
+            self.temperature if self._planned_temperature is None else self._planned_temperature
+        )
         num = len(prompt_ids)
         r = _to_numpy("rewards", rewards)
         g = np.asarray(
@@ -309,15 +399,17 @@ class E3Scheduler:
             and self.step % self.refit_every == 0
             and len(self.tracker) >= self.refit_min_prompts
         ):
-            self.tracker.fit_prior(self.prior_kind)
+            self.tracker.fit_prior(self.refit_prior)
         if self.steps_per_epoch is not None and self.step % self.steps_per_epoch == 0:
             self.end_epoch()
+        self._planned_temperature = None
 
         groups = max(int(seen.sum()), 1)
         mixed = (successes > 0) & (successes < trials)
         metrics.update(
             {
                 "e3/temperature": self.temperature,
+                "e3/sample_temperature": float(sample_temperature),
                 "e3/step": float(self.step),
                 "e3/epoch": float(self.epoch),
                 "e3/success_rate": float(successes.sum() / max(trials.sum(), 1.0)),
@@ -327,46 +419,69 @@ class E3Scheduler:
                 "e3/count_min": float(trials[seen].min()) if seen.any() else 0.0,
                 "e3/count_max": float(trials.max()) if num else 0.0,
                 "e3/count_mean": float(trials.sum() / max(num, 1)),
+                "e3/count_std": float(trials.std()) if num else 0.0,
+                "e3/count_median": float(np.median(trials)) if num else 0.0,
                 "e3/min_per_prompt": float(self.min_per_prompt),
                 "e3/max_per_prompt": float(self.max_per_prompt or 0),
                 "e3/tracked_prompts": float(len(self.tracker)),
+                "e3/entropy_skipped": float(self.entropy_skipped),
             }
         )
-        if self.tracker.prior_kind == "beta":
-            metrics["e3/prior_alpha"] = self.tracker.prior_alpha
-            metrics["e3/prior_beta"] = self.tracker.prior_beta
-        else:
-            assert self.tracker.prior_grid is not None and self.tracker.prior_weights is not None
-            w, grid = self.tracker.prior_weights, self.tracker.prior_grid
-            metrics["e3/prior_mass_never"] = float(w[0])
-            metrics["e3/prior_mass_always"] = float(w[-1])
-            metrics["e3/prior_mean"] = float(w @ grid)
+        # the prior: e3/prior_alpha, e3/prior_beta (Beta) or e3/prior_mass_never,
+        # e3/prior_mass_always, e3/prior_mean (grid)
+        metrics.update({f"e3/{k}": v for k, v in self.tracker.prior.summary().items()})
         return metrics
 
-    def observe_entropy(self, entropy: float) -> dict[str, float]:
-        r"""Feed a mean token entropy to the temperature controller alone.
+    def observe_entropy(
+        self, entropy: float | None, *, hint: str | None = None
+    ) -> dict[str, float]:
+        r"""Feed a step's mean token entropy to the temperature controller; the one entropy rule.
 
-        For trainers that learn a step's entropy only after its rewards (TRL, verl: the entropy
-        comes out of the policy update that follows generation): call :meth:`observe` with
-        ``entropy=None`` when the rewards arrive, then this once the update has run. The
-        controller then sets :math:`T_{t+1}` from :math:`H_t` exactly as
-        ``observe(..., entropy=H_t)`` would; the tracker and step count are untouched.
+        A finite entropy > 0 goes to the controller, which sets :math:`T_{t+1}` from
+        :math:`H_t`. A missing (None) or invalid (NaN, infinite, <= 0) one is skipped: the
+        temperature is left as it is, :attr:`entropy_skipped` counts it, and the first skip
+        logs a warning (with a controller). For trainers that learn a step's entropy only after
+        its rewards (TRL, verl and OpenRLHF: the entropy comes out of the policy update that
+        follows generation), call :meth:`observe` without ``entropy`` when the rewards arrive,
+        then this once the update has run: the controller ends where
+        ``observe(..., entropy=H_t)`` would leave it; the tracker and step count are untouched.
 
         Args:
-            entropy: Mean token entropy (> 0, finite) of the last update's completions at the
-                temperature they were sampled at.
+            entropy: Mean token entropy of the last update's completions at the temperature
+                they were sampled at: a real number (a one-element tensor or array counts), or
+                None when the framework reported none.
+            hint: Appended to the warning: how to make the framework report the entropy.
 
         Returns:
-            ``e3/entropy`` and, once the controller has a target, ``e3/target_entropy``.
+            ``e3/entropy`` (when valid), ``e3/target_entropy`` (once the controller has a
+            target), ``e3/temperature`` (for the next plan) and ``e3/entropy_skipped``.
+
+        Raises:
+            TypeError: ``entropy`` is not None and not one real number.
         """
-        value = check_float("entropy", entropy, low=0.0, low_open=True)
+        value = _entropy_or_none(entropy)
         metrics: dict[str, float] = {}
+        if value is None:
+            self.entropy_skipped += 1
+            if self.controller is not None and not self._warned_entropy:
+                self._warned_entropy = True
+                logger.warning(
+                    "e3: no valid entropy for the temperature controller (got %s; it must be "
+                    "finite and > 0): the temperature is left as it is. Further skips are "
+                    "counted in e3/entropy_skipped without a warning.%s",
+                    _show(entropy),
+                    "" if hint is None else f" {hint}",
+                )
+        else:
+            if self.controller is not None:
+                self.controller.update(value)
+            metrics["e3/entropy"] = value
         if self.controller is not None:
-            self.controller.update(value)
             target = self.controller.target_entropy
             if target is not None:
                 metrics["e3/target_entropy"] = float(target)
-        metrics["e3/entropy"] = float(value)
+        metrics["e3/temperature"] = self.temperature
+        metrics["e3/entropy_skipped"] = float(self.entropy_skipped)
         return metrics
 
     def end_epoch(self) -> None:
@@ -377,45 +492,73 @@ class E3Scheduler:
             self.min_per_prompt = max(low, self.min_per_prompt - self.widen_per_epoch)
             if self.max_per_prompt is not None:
                 self.max_per_prompt = min(high, self.max_per_prompt + self.widen_per_epoch)
-        if self.rank_by == "epoch_accuracy":
-            self._rank_snapshot = self.tracker.rank(self.tracker.ids, by="accuracy")
+        rule = RANK_BY.get(self.rank_by)
+        if rule.per_epoch:
+            self._rank_snapshot = self.tracker.rank(self.tracker.ids, by=rule.by)
 
     # ------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume exactly: tracker, controller, bounds, epoch, generator."""
-        return {
-            "version": 1,
-            "step": self.step,
-            "epoch": self.epoch,
-            "min_per_prompt": self.min_per_prompt,
-            "max_per_prompt": self.max_per_prompt,
-            "tracker": self.tracker.state_dict(),
-            "controller": None if self.controller is None else self.controller.state_dict(),
-            "rng": self._rng.bit_generator.state,
-            "rank_snapshot": None if self._rank_snapshot is None else self._rank_snapshot.copy(),
-        }
+        """Everything needed to resume exactly, as plain Python data.
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict` exactly."""
-        missing = {"step", "epoch", "min_per_prompt", "max_per_prompt", "tracker", "rng"} - set(
-            state
+        The tracker, controller, bounds, epoch, skipped-entropy count and generator, with numpy
+        arrays as lists: ``torch.save`` it and ``torch.load(path, weights_only=True)`` reads it
+        back (prompt ids must then be numbers, strings or tuples of them). ``version`` is
+        :data:`STATE_VERSION`, checked by :meth:`load_state_dict`.
+        """
+        return _plain(
+            {
+                "version": STATE_VERSION,
+                "step": self.step,
+                "epoch": self.epoch,
+                "min_per_prompt": self.min_per_prompt,
+                "max_per_prompt": self.max_per_prompt,
+                "entropy_skipped": self.entropy_skipped,
+                "tracker": self.tracker.state_dict(),
+                "controller": None if self.controller is None else self.controller.state_dict(),
+                "rng": self._rng.bit_generator.state,
+                "rank_snapshot": self._rank_snapshot,
+            }
         )
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict` exactly (into a scheduler of the same configuration).
+
+        Raises:
+            ValueError: The state has another :data:`STATE_VERSION`, misses keys, or disagrees
+                with this scheduler on having a controller.
+        """
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state must be a mapping, got {_show(state)}")
+        version = state.get("version")
+        if version != STATE_VERSION:
+            raise ValueError(
+                f"the scheduler state has version {version!r}, this e3core reads version "
+                f"{STATE_VERSION}: it was written by another e3core release; resume with that "
+                f"release or start the E3 state afresh"
+            )
+        required = {"step", "epoch", "min_per_prompt", "max_per_prompt", "entropy_skipped"}
+        missing = (required | {"tracker", "controller", "rng"}) - set(state)
         if missing:
             raise ValueError(f"state is missing keys {sorted(missing)}")
-        if (state.get("controller") is None) != (self.controller is None):
+        if (state["controller"] is None) != (self.controller is None):
             raise ValueError(
                 "state and scheduler disagree on having a temperature controller: build the "
                 "scheduler with the same configuration before loading"
             )
+        step = check_int("step", state["step"], low=0)
+        epoch = check_int("epoch", state["epoch"], low=0)
+        min_per = check_int("min_per_prompt", state["min_per_prompt"], low=1)
+        mx = state["max_per_prompt"]
+        max_per = None if mx is None else check_int("max_per_prompt", mx, low=1)
+        skipped = check_int("entropy_skipped", state["entropy_skipped"], low=0)
+        rng = np.random.default_rng()
+        rng.bit_generator.state = dict(state["rng"])
         self.tracker.load_state_dict(state["tracker"])
         if self.controller is not None:
             self.controller.load_state_dict(state["controller"])
-        self.step = check_int("step", state["step"], low=0)
-        self.epoch = check_int("epoch", state["epoch"], low=0)
-        self.min_per_prompt = check_int("min_per_prompt", state["min_per_prompt"], low=1)
-        mx = state["max_per_prompt"]
-        self.max_per_prompt = None if mx is None else check_int("max_per_prompt", mx, low=1)
-        self._rng = np.random.default_rng()
-        self._rng.bit_generator.state = state["rng"]
+        self.step, self.epoch, self.entropy_skipped = step, epoch, skipped
+        self.min_per_prompt, self.max_per_prompt = min_per, max_per
+        self._rng = rng
         snap = state.get("rank_snapshot")
         self._rank_snapshot = None if snap is None else np.array(snap, dtype=np.float64)
+        self._planned_temperature = None

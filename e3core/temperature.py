@@ -6,245 +6,327 @@ token entropy :math:`H_t` falls below a target :math:`H^*`:
 
 .. math:: T_{t+1} = T_t\Bigl(1 + T_t\,\frac{\ln(H^*/H_t)}{\ln V + \ln\ln V}\Bigr),
 
-with :math:`H^*` the entropy of the first step(s) and, late in training, a cosine-annealed target
-(:class:`CosineAnnealedTarget`). :class:`E3TemperatureController` is that rule, bounded to
-``[min_temperature, max_temperature]``. In :math:`\ln T` the E3 rule is an integral controller
-whose gain :math:`T_t/(\ln V + \ln\ln V)` (about 0.07 at :math:`T=1`, :math:`V=152\text{k}`)
-depends on the temperature and the vocabulary; :class:`PITemperatureController` is a
+with :math:`H^*` the entropy of the first step(s) and, late in training, a cosine-annealed target.
+:class:`E3TemperatureController` is that rule, bounded to ``[min_temperature,
+max_temperature]``. In :math:`\ln T` the E3 rule is an integral controller whose gain
+:math:`T_t/(\ln V + \ln\ln V)` (about 0.07 at :math:`T=1`, :math:`V=152\text{k}`) depends on
+the temperature and the vocabulary; :class:`PITemperatureController` is a
 proportional-integral controller of :math:`\ln T` on the error :math:`e_t = \ln(H^*/H_t)` with
 gains you set, a proportional term that answers a sudden entropy drop at once, and anti-windup
 at the bounds.
 
+The target is an object of its own, passed to any controller as ``target=``, and targets
+compose: :class:`FixedTarget` (a number), :class:`WarmupMeanTarget` (the mean of the first
+``steps`` measured entropies, the paper's choice with one step; the default) and
+:class:`CosineAnnealedTarget` (the paper's annealing of another target). A controller calls
+``target.observe(entropy)`` with each measured entropy and asks ``target.value(step)`` for the
+target of its step :math:`s = 1, 2, \dots`; a stateful target is saved inside the controller's
+:meth:`~TemperatureController.state_dict`. A target belongs to one controller.
+
 Each ``update(entropy)`` is called once per step with the mean token entropy of that step's
 rollouts (measured at the temperature they were sampled with) and returns the temperature for
-the next step's rollouts.
+the next step's rollouts. The controllers are registered by name in :data:`CONTROLLERS`
+(``"pi"``, ``"e3"``), which :class:`~e3core.settings.E3Settings` and the adapters read.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from e3core._validation import check_float, check_int
+from e3core._registry import Registry
+from e3core._validation import _show, check_float, check_int
 
 __all__ = [
+    "CONTROLLERS",
     "CosineAnnealedTarget",
     "E3TemperatureController",
+    "EntropyTarget",
+    "FixedTarget",
     "PITemperatureController",
     "TemperatureController",
+    "WarmupMeanTarget",
 ]
 
-TargetSchedule = Callable[[int, float], float]
+CONTROLLERS: Registry[type[TemperatureController]] = Registry("controller")
+"""Temperature controllers by name: ``"pi"`` (:class:`PITemperatureController`, e3core's
+default) and ``"e3"`` (:class:`E3TemperatureController`, the paper's rule)."""
+
+
+def _missing(state: Mapping[str, Any], keys: set[str], what: str) -> None:
+    if not isinstance(state, Mapping):
+        raise TypeError(f"{what} state must be a mapping, got {_show(state)}")
+    missing = keys - set(state)
+    if missing:
+        raise ValueError(f"{what} state is missing keys {sorted(missing)}")
+
+
+# ---------------------------------------------------------------------------- targets
+class EntropyTarget:
+    r"""The entropy target :math:`H^*_s` a controller steers toward (the base of all targets).
+
+    A target answers :meth:`value` for step :math:`s \ge 1` (the controller's count of
+    measured entropies, the current one included) and may learn from the measured entropies
+    through :meth:`observe`, which the controller calls before asking for the value of the same
+    step. Stateful targets keep their state in :meth:`state_dict` (plain Python data).
+    """
+
+    def value(self, step: int) -> float | None:
+        """The target at ``step``, or ``None`` while it is still being measured."""
+        raise NotImplementedError
+
+    def observe(self, entropy: float) -> None:
+        """Learn from one step's measured entropy (checked > 0 by the controller)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly (empty for a stateless target)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict` exactly."""
+        _missing(state, set(), type(self).__name__)
 
 
 @dataclass(frozen=True)
-class CosineAnnealedTarget:
-    r"""The E3 paper's annealing of the entropy target.
-
-    .. math::
-        H^*(s) = H_0\Bigl[\eta + (1-\eta)\,\tfrac12\Bigl(1 + \cos\frac{\pi(s - s_a)}{s_e - s_a}
-        \Bigr)\Bigr] \quad (s_a \le s \le s_e),
-
-    :math:`H_0` before :math:`s_a` and :math:`\eta H_0` after :math:`s_e` (the paper's code lets
-    the cosine rise again past its end). The paper uses :math:`s_a = t_\max - \lfloor
-    0.4\,t_\max\rfloor`, :math:`s_e = t_\max`, :math:`\eta = 0.9`; see :meth:`paper`.
+class FixedTarget(EntropyTarget):
+    r"""A constant target, :math:`H^*_s = H^*`.
 
     Args:
+        entropy: :math:`H^* > 0`, in nats per token.
+    """
+
+    entropy: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "entropy", check_float("entropy", self.entropy, low=0.0, low_open=True)
+        )
+
+    def value(self, step: int) -> float:
+        """The constant :math:`H^*`."""
+        return self.entropy
+
+
+class WarmupMeanTarget(EntropyTarget):
+    r"""The mean of the first ``steps`` measured entropies, :math:`H^* = \frac1k\sum_{s\le k} H_s`.
+
+    ``None`` until :math:`k` entropies have been observed, so a controller keeps its initial
+    temperature over the first :math:`k-1` steps. The E3 paper's target is this with
+    :math:`k = 1`: the first step's entropy (arXiv 2505.18573).
+
+    Args:
+        steps: :math:`k \ge 1`.
+    """
+
+    def __init__(self, steps: int = 1):
+        self.steps = check_int("steps", steps, low=1)
+        self.count = 0
+        self.total = 0.0
+
+    def __repr__(self) -> str:
+        return f"WarmupMeanTarget(steps={self.steps})"
+
+    def observe(self, entropy: float) -> None:
+        """Add ``entropy`` to the mean while fewer than ``steps`` have been seen."""
+        if self.count < self.steps:
+            self.total += entropy
+            self.count += 1
+
+    def value(self, step: int) -> float | None:
+        """The warm-up mean once ``steps`` entropies are in, else ``None``."""
+        if self.count < self.steps:
+            return None
+        return self.total / self.steps
+
+    def state_dict(self) -> dict[str, Any]:
+        """The entropies seen so far (their count and sum)."""
+        return {"count": self.count, "total": self.total}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict` exactly."""
+        _missing(state, {"count", "total"}, "WarmupMeanTarget")
+        self.count = check_int("count", state["count"], low=0, high=self.steps)
+        self.total = check_float("total", state["total"], low=0.0)
+
+
+@dataclass(frozen=True)
+class CosineAnnealedTarget(EntropyTarget):
+    r"""The E3 paper's cosine annealing of another target :math:`H_0 = ` ``base``.
+
+    .. math::
+        H^*(s) = H_0(s)\Bigl[\eta + (1-\eta)\,\tfrac12\Bigl(1 + \cos\frac{\pi(s - s_a)}
+        {s_e - s_a}\Bigr)\Bigr] \quad (s_a \le s \le s_e),
+
+    :math:`H_0(s)` before :math:`s_a` and :math:`\eta H_0(s)` after :math:`s_e` (the paper's code
+    lets the cosine rise again past its end). The paper uses :math:`s_a = t_\max - \lfloor
+    0.4\,t_\max\rfloor`, :math:`s_e = t_\max`, :math:`\eta = 0.9` on the first step's entropy;
+    see :meth:`paper`. The state is the base's.
+
+    Args:
+        base: The annealed target (e.g. :class:`WarmupMeanTarget`).
         start_step: :math:`s_a \ge 0`, the first annealed step.
         end_step: :math:`s_e > s_a`, where the target reaches :math:`\eta H_0`.
         final_ratio: :math:`\eta \in (0, 1]`.
     """
 
+    base: EntropyTarget
     start_step: int
     end_step: int
     final_ratio: float = 0.9
 
     def __post_init__(self) -> None:
+        if not isinstance(self.base, EntropyTarget):
+            raise TypeError(
+                f"base must be an EntropyTarget (FixedTarget, WarmupMeanTarget, ...), got "
+                f"{_show(self.base)}"
+            )
         check_int("start_step", self.start_step, low=0)
         check_int("end_step", self.end_step, low=self.start_step + 1)
         check_float("final_ratio", self.final_ratio, low=0.0, high=1.0, low_open=True)
 
     @classmethod
-    def paper(cls, total_steps: int, final_ratio: float = 0.9) -> CosineAnnealedTarget:
-        """The paper's schedule: anneal over the last 40% of ``total_steps``."""
+    def paper(
+        cls, base: EntropyTarget, total_steps: int, final_ratio: float = 0.9
+    ) -> CosineAnnealedTarget:
+        """The paper's schedule: anneal ``base`` over the last 40% of ``total_steps``."""
         total_steps = check_int("total_steps", total_steps, low=2)
         start = total_steps - math.floor(0.4 * total_steps)
-        return cls(min(start, total_steps - 1), total_steps, final_ratio)
+        return cls(base, min(start, total_steps - 1), total_steps, final_ratio)
 
-    def __call__(self, step: int, base_target: float) -> float:
-        """Target at ``step`` for the initial target ``base_target``."""
-        if step <= self.start_step:
-            return base_target
+    def value(self, step: int) -> float | None:
+        """The base's target at ``step``, annealed (``None`` while the base has none)."""
+        base = self.base.value(step)
+        if base is None or step <= self.start_step:
+            return base
         if step >= self.end_step:
-            return self.final_ratio * base_target
+            return self.final_ratio * base
         frac = (step - self.start_step) / (self.end_step - self.start_step)
         cos = 0.5 * (1.0 + math.cos(math.pi * frac))
-        return base_target * (self.final_ratio + (1.0 - self.final_ratio) * cos)
+        return base * (self.final_ratio + (1.0 - self.final_ratio) * cos)
+
+    def observe(self, entropy: float) -> None:
+        """Passed on to the base."""
+        self.base.observe(entropy)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base's state."""
+        return {"base": self.base.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict` exactly."""
+        _missing(state, {"base"}, "CosineAnnealedTarget")
+        self.base.load_state_dict(state["base"])
 
 
+# ---------------------------------------------------------------------------- controllers
+@dataclass(eq=False, kw_only=True)
 class TemperatureController:
-    """Shared state and checks: bounds, warm-up target, step count and the annealed target.
+    r"""What every controller shares: the target, the bounds, the temperature and the step count.
+
+    Subclasses implement :meth:`_next` (the rule) and add their own settings; the constructor
+    arguments below are keyword-only in every controller.
 
     Args:
+        target: The entropy target (default: ``WarmupMeanTarget(1)``, the first step's
+            entropy). A target belongs to one controller: it may hold state.
         initial_temperature: :math:`T_1`, inside the bounds.
         min_temperature: Lower bound (> 0).
         max_temperature: Upper bound (>= ``min_temperature``).
-        target_entropy: :math:`H^* > 0`, or ``None`` for the mean of the first ``warmup_steps``.
-        warmup_steps: Steps whose mean entropy becomes the target when ``target_entropy`` is None.
-        target_schedule: Optional ``(step, base_target) -> target``, e.g. CosineAnnealedTarget.
+
+    Attributes:
+        temperature: The temperature for the next step's rollouts.
+        step: Entropies fed so far.
+        last_entropy: The last entropy fed (None before the first).
     """
 
-    def __init__(
-        self,
-        *,
-        initial_temperature: float = 1.0,
-        min_temperature: float = 0.5,
-        max_temperature: float = 1.5,
-        target_entropy: float | None = None,
-        warmup_steps: int = 1,
-        target_schedule: TargetSchedule | None = None,
-    ):
+    target: EntropyTarget = field(default_factory=WarmupMeanTarget)
+    initial_temperature: float = 1.0
+    min_temperature: float = 0.5
+    max_temperature: float = 1.5
+    temperature: float = field(init=False)
+    step: int = field(init=False, default=0)
+    last_entropy: float | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.target, EntropyTarget):
+            raise TypeError(
+                f"target must be an EntropyTarget (FixedTarget(h) for a number, "
+                f"WarmupMeanTarget, CosineAnnealedTarget), got {_show(self.target)}"
+            )
         self.min_temperature = check_float(
-            "min_temperature", min_temperature, low=0.0, low_open=True
+            "min_temperature", self.min_temperature, low=0.0, low_open=True
         )
         self.max_temperature = check_float(
-            "max_temperature", max_temperature, low=self.min_temperature
+            "max_temperature", self.max_temperature, low=self.min_temperature
         )
         self.initial_temperature = check_float(
             "initial_temperature",
-            initial_temperature,
+            self.initial_temperature,
             low=self.min_temperature,
             high=self.max_temperature,
         )
-        self.base_target: float | None = (
-            None
-            if target_entropy is None
-            else check_float("target_entropy", target_entropy, low=0.0, low_open=True)
-        )
-        self.warmup_steps = check_int("warmup_steps", warmup_steps, low=1)
-        if target_schedule is not None and not callable(target_schedule):
-            raise TypeError(
-                f"target_schedule must be callable (step, base) -> target, got {target_schedule!r}"
-            )
-        self.target_schedule = target_schedule
         self.temperature = self.initial_temperature
-        self.step = 0
-        self._warmup_sum = 0.0
-        self.last_entropy: float | None = None
 
     @property
     def target_entropy(self) -> float | None:
         """The target of the current step (``None`` while it is still being measured)."""
-        if self.base_target is None:
-            return None
-        if self.target_schedule is None:
-            return self.base_target
-        return float(self.target_schedule(max(self.step, 1), self.base_target))
+        value = self.target.value(max(self.step, 1))
+        return None if value is None else float(value)
 
-    def _observe(self, entropy: Any) -> float | None:
-        """Validate, count the step, learn the warm-up target; return the error or None."""
+    def update(self, entropy: float) -> float:
+        r"""Feed one step's mean token entropy; return the next step's temperature.
+
+        The target observes ``entropy`` first; while it has no value yet the temperature is
+        kept, else the rule moves it on the error :math:`e_t = \ln(H^*_t/H_t)`.
+
+        Raises:
+            ValueError: ``entropy`` is not finite and > 0 (nothing changes).
+        """
         h = check_float("entropy", entropy, low=0.0, low_open=True)
         self.step += 1
         self.last_entropy = h
-        if self.base_target is None:
-            self._warmup_sum += h
-            if self.step < self.warmup_steps:
-                return None
-            self.base_target = self._warmup_sum / self.warmup_steps
-        target = self.target_entropy
-        assert target is not None
-        return math.log(target / h)
+        self.target.observe(h)
+        target = self.target.value(self.step)
+        if target is not None:
+            self.temperature = self._next(math.log(target / h))
+        return self.temperature
+
+    def _next(self, error: float) -> float:
+        r"""The rule: the next temperature for the error :math:`\ln(H^*_t/H_t)`."""
+        raise NotImplementedError
 
     def _clamp(self, temperature: float) -> float:
         return min(max(temperature, self.min_temperature), self.max_temperature)
 
-    def update(self, entropy: float) -> float:
-        """Feed one step's mean token entropy; return the next step's temperature."""
-        raise NotImplementedError
-
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume exactly."""
+        """Everything needed to resume exactly (plain Python data)."""
         return {
             "temperature": self.temperature,
             "step": self.step,
-            "base_target": self.base_target,
-            "warmup_sum": self._warmup_sum,
             "last_entropy": self.last_entropy,
+            "target": self.target.state_dict(),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict` exactly."""
-        missing = {"temperature", "step", "base_target", "warmup_sum"} - set(state)
-        if missing:
-            raise ValueError(f"state is missing keys {sorted(missing)}")
-        self.temperature = check_float(
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict` exactly (into a controller of the same configuration)."""
+        _missing(state, {"temperature", "step", "target"}, "controller")
+        temperature = check_float(
             "temperature",
             state["temperature"],
             low=self.min_temperature,
             high=self.max_temperature,
         )
-        self.step = check_int("step", state["step"], low=0)
-        base = state["base_target"]
-        self.base_target = (
-            None if base is None else check_float("base_target", base, low=0, low_open=True)
-        )
-        self._warmup_sum = check_float("warmup_sum", state["warmup_sum"], low=0.0)
-        self.last_entropy = state.get("last_entropy")
+        step = check_int("step", state["step"], low=0)
+        last = state.get("last_entropy")
+        last = None if last is None else check_float("last_entropy", last, low=0, low_open=True)
+        self.target.load_state_dict(state["target"])
+        self.temperature, self.step, self.last_entropy = temperature, step, last
 
 
-class E3TemperatureController(TemperatureController):
-    r"""The E3 temperature rule, kept inside ``[min_temperature, max_temperature]``.
-
-    .. math:: T_{t+1} = \mathrm{clip}\Bigl(T_t\Bigl(1 + T_t\,\frac{\ln(H^*_t/H_t)}
-              {\ln V + \ln\ln V}\Bigr)\Bigr)
-
-    (Liao et al., arXiv 2505.18573, Eq. 5; for :math:`V \approx 152\text{k}` the denominator is
-    about 14.4). With ``target_entropy=None`` the target is the mean entropy of the first
-    ``warmup_steps`` steps, during which the temperature stays at ``initial_temperature`` (the
-    paper: one step, :math:`T_1 = 1`).
-
-    Args:
-        vocab_size: :math:`V \ge 3`, the policy's vocabulary size.
-        initial_temperature: :math:`T_1`.
-        target_entropy: :math:`H^*`, or None to measure it during warm-up.
-        warmup_steps: Warm-up length when ``target_entropy`` is None.
-        min_temperature: Lower bound (the paper has none).
-        max_temperature: Upper bound (the paper has none).
-        target_schedule: e.g. :class:`CosineAnnealedTarget`.
-    """
-
-    def __init__(
-        self,
-        vocab_size: int,
-        initial_temperature: float = 1.0,
-        target_entropy: float | None = None,
-        warmup_steps: int = 1,
-        min_temperature: float = 0.5,
-        max_temperature: float = 1.5,
-        target_schedule: TargetSchedule | None = None,
-    ):
-        super().__init__(
-            initial_temperature=initial_temperature,
-            min_temperature=min_temperature,
-            max_temperature=max_temperature,
-            target_entropy=target_entropy,
-            warmup_steps=warmup_steps,
-            target_schedule=target_schedule,
-        )
-        self.vocab_size = check_int("vocab_size", vocab_size, low=3)
-        self.denominator = math.log(self.vocab_size) + math.log(math.log(self.vocab_size))
-
-    def update(self, entropy: float) -> float:
-        """Feed one step's mean token entropy; return the next step's temperature."""
-        error = self._observe(entropy)
-        if error is not None:
-            t = self.temperature
-            self.temperature = self._clamp(t * (1.0 + t * error / self.denominator))
-        return self.temperature
-
-
+@CONTROLLERS.register("pi")
+@dataclass(eq=False, kw_only=True)
 class PITemperatureController(TemperatureController):
     r"""Proportional-integral control of :math:`\ln T` toward the entropy target.
 
@@ -263,44 +345,27 @@ class PITemperatureController(TemperatureController):
     \ln\ln V)`.
 
     Args:
-        target_entropy: :math:`H^*`, or None to measure it over ``warmup_steps``.
         kp: Proportional gain :math:`k_p \ge 0`.
         ki: Integral gain :math:`k_i \ge 0`.
+        target: The entropy target (see :class:`TemperatureController`).
         initial_temperature: :math:`T_1`.
         min_temperature: Lower bound.
         max_temperature: Upper bound.
-        warmup_steps: Warm-up length when ``target_entropy`` is None.
-        target_schedule: e.g. :class:`CosineAnnealedTarget`.
+
+    Attributes:
+        integral: :math:`I_t`.
     """
 
-    def __init__(
-        self,
-        target_entropy: float | None = None,
-        kp: float = 0.1,
-        ki: float = 0.1,
-        initial_temperature: float = 1.0,
-        min_temperature: float = 0.5,
-        max_temperature: float = 1.5,
-        warmup_steps: int = 1,
-        target_schedule: TargetSchedule | None = None,
-    ):
-        super().__init__(
-            initial_temperature=initial_temperature,
-            min_temperature=min_temperature,
-            max_temperature=max_temperature,
-            target_entropy=target_entropy,
-            warmup_steps=warmup_steps,
-            target_schedule=target_schedule,
-        )
-        self.kp = check_float("kp", kp, low=0.0)
-        self.ki = check_float("ki", ki, low=0.0)
-        self.integral = 0.0
+    kp: float = 0.1
+    ki: float = 0.1
+    integral: float = field(init=False, default=0.0)
 
-    def update(self, entropy: float) -> float:
-        """Feed one step's mean token entropy; return the next step's temperature."""
-        error = self._observe(entropy)
-        if error is None:
-            return self.temperature
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.kp = check_float("kp", self.kp, low=0.0)
+        self.ki = check_float("ki", self.ki, low=0.0)
+
+    def _next(self, error: float) -> float:
         base = math.log(self.initial_temperature)
         log_lo, log_hi = math.log(self.min_temperature), math.log(self.max_temperature)
         integral = self.integral + error
@@ -313,17 +378,51 @@ class PITemperatureController(TemperatureController):
             elif error < 0 and integral < at_lo:
                 integral = min(self.integral, at_lo)
         self.integral = integral
-        out = base + self.kp * error + self.ki * self.integral
-        self.temperature = self._clamp(math.exp(out))
-        return self.temperature
+        return self._clamp(math.exp(base + self.kp * error + self.ki * self.integral))
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume exactly."""
         return {**super().state_dict(), "integral": self.integral}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict` exactly."""
+        _missing(state, {"integral"}, "controller")
+        integral = check_float("integral", state["integral"])
         super().load_state_dict(state)
-        if "integral" not in state:
-            raise ValueError("state is missing keys ['integral']")
-        self.integral = check_float("integral", state["integral"])
+        self.integral = integral
+
+
+@CONTROLLERS.register("e3")
+@dataclass(eq=False)
+class E3TemperatureController(TemperatureController):
+    r"""The E3 temperature rule, kept inside ``[min_temperature, max_temperature]``.
+
+    .. math:: T_{t+1} = \mathrm{clip}\Bigl(T_t\Bigl(1 + T_t\,\frac{\ln(H^*_t/H_t)}
+              {\ln V + \ln\ln V}\Bigr)\Bigr)
+
+    (Liao et al., arXiv 2505.18573, Eq. 5; for :math:`V \approx 152\text{k}` the denominator is
+    about 14.4). With the default target (:class:`WarmupMeanTarget`) the target is the mean
+    entropy of the first ``steps`` steps, during which the temperature stays at
+    ``initial_temperature`` (the paper: one step, :math:`T_1 = 1`); the paper anneals it with
+    :class:`CosineAnnealedTarget`.
+
+    Args:
+        vocab_size: :math:`V \ge 3`, the policy's vocabulary size (the only positional
+            argument; the others are keyword-only).
+        target: The entropy target (see :class:`TemperatureController`).
+        initial_temperature: :math:`T_1`.
+        min_temperature: Lower bound (the paper has none).
+        max_temperature: Upper bound (the paper has none).
+    """
+
+    vocab_size: int
+    denominator: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.vocab_size = check_int("vocab_size", self.vocab_size, low=3)
+        self.denominator = math.log(self.vocab_size) + math.log(math.log(self.vocab_size))
+
+    def _next(self, error: float) -> float:
+        t = self.temperature
+        return self._clamp(t * (1.0 + t * error / self.denominator))

@@ -272,3 +272,58 @@ def test_bad_allocator_arguments():
         UniformAllocator().allocate(Posterior([1.0], [1.0]), 8)
     with pytest.raises(TypeError, match="posterior must provide"):
         KnapsackAllocator().allocate([0.5, 0.5], Budget(8))
+
+
+def test_registries_name_every_strategy_in_settings_order():
+    assert allocation_module.ALLOCATORS.names() == ("knapsack", "thompson", "rank", "uniform")
+    assert allocation_module.VALUES.names() == ("mixed", "info_gain")
+    make = allocation_module.make_allocator
+    assert make("knapsack", value="info_gain") == KnapsackAllocator("info_gain")
+    assert make("thompson") == ThompsonAllocator("mixed")
+    assert make("rank", value="info_gain") == RankAllocator()
+    assert make("uniform") == UniformAllocator()
+    for name in allocation_module.ALLOCATORS:
+        assert isinstance(make(name), allocation_module.Allocator)
+
+
+def test_unknown_names_list_the_known_ones():
+    make = allocation_module.make_allocator
+    with pytest.raises(ValueError, match=r"allocator must be one of \('knapsack', 'thompson'"):
+        make("greedy")
+    with pytest.raises(ValueError, match=r"value must be one of \('mixed', 'info_gain'\)"):
+        make("knapsack", value="entropy")
+    with pytest.raises(ValueError, match="value must be one of"):
+        make("rank", value="entropy")  # checked even where unused
+
+
+@pytest.mark.parametrize("value", ["mixed", "info_gain"])
+@given(problem=problems(max_prompts=6), n=st.integers(1, 30))
+def test_value_gains_are_the_objectives_increments(value, problem, n):
+    # the registered gain of the (n+1)-th rollout is v(n+1) - v(n), per prompt
+    post, _ = problem
+    gains = allocation_module.VALUES.get(value)(post, np.full(len(post), float(n)))
+    for i in range(len(post)):
+        one_hot = np.zeros(len(post), dtype=np.int64)
+        one_hot[i] = 1
+        with_n = objective(post, n * one_hot, value) - objective(post, 0 * one_hot, value)
+        with_n1 = objective(post, (n + 1) * one_hot, value) - objective(post, 0 * one_hot, value)
+        assert gains[i] == pytest.approx(with_n1 - with_n, rel=1e-7, abs=1e-12)
+
+
+@pytest.mark.parametrize("value", ["mixed", "info_gain"])
+@given(
+    cells=st.lists(st.integers(0, 10), min_size=1, max_size=12),
+    n_min=st.integers(1, 3),
+    extra=st.integers(0, 40),
+    seed=st.integers(0, 1000),
+)
+def test_thompson_is_the_knapsack_valued_on_a_draw(value, cells, n_min, extra, seed):
+    # on point-mass posteriors the draw is the posterior itself: both allocators agree
+    weights = np.zeros((len(cells), 11))
+    weights[np.arange(len(cells)), cells] = 1.0
+    post = GridPosterior(np.linspace(0.0, 1.0, 11), weights)
+    budget = Budget(len(cells) * n_min + extra, n_min)
+    thompson = ThompsonAllocator(value)
+    assert isinstance(thompson, KnapsackAllocator)
+    got = thompson.allocate(post, budget, rng=np.random.default_rng(seed))
+    np.testing.assert_array_equal(got, KnapsackAllocator(value).allocate(post, budget))

@@ -8,7 +8,26 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy import stats
 
-from e3core import BetaDifficultyTracker, GridPosterior, Posterior
+from e3core import (
+    BetaDifficultyTracker,
+    E3Scheduler,
+    GridPosterior,
+    Posterior,
+    RankAllocator,
+    difficulty,
+    posteriors,
+    priors,
+)
+from e3core.difficulty import RANK_BY, RANK_SCORES, RankRule, ResolvedIds
+from e3core.priors import (
+    PRIORS,
+    BetaPrior,
+    GridPrior,
+    Prior,
+    fit_beta_prior,
+    fit_grid_prior,
+    prior_from_state,
+)
 
 
 class LoopTracker:
@@ -345,3 +364,330 @@ def test_scales_to_many_prompts():
     assert len(tracker) == n
     assert tracker.posterior(ids[:4]).alpha.tolist() == [2.0, 1.0, 2.0, 1.0]
     assert tracker.rank([1])[0] > tracker.rank([0])[0]
+
+
+# ------------------------------------------------------------------ priors as objects
+counts = st.lists(
+    st.tuples(st.integers(0, 12), st.integers(0, 12)).map(lambda x: (float(x[0]), float(x[1]))),
+    min_size=1,
+    max_size=8,
+)
+# masses 0 or at least 1e-6, so that the float loop references do not underflow
+mass = st.just(0.0) | st.floats(1e-6, 1.0)
+grid_weights = st.lists(mass, min_size=5, max_size=5).filter(lambda w: sum(w) > 0.1)
+
+
+@given(pairs=counts, a0=ab, b0=ab)
+def test_beta_prior_posterior_and_marginal_match_loops(pairs, a0, b0):
+    prior = BetaPrior(a0, b0)
+    s, f = (np.array(x) for x in zip(*pairs))
+    post = prior.posterior(s, f)
+    assert isinstance(post, Posterior)
+    np.testing.assert_allclose(post.alpha, [a0 + si for si in s])
+    np.testing.assert_allclose(post.beta, [b0 + fi for fi in f])
+    # beta-binomial marginal without the binomial coefficient, as a product loop
+    ref = np.mean([math.log(_moment_loop(a0, b0, int(si), int(fi))) for si, fi in pairs])
+    assert prior.log_marginal(s, f) == pytest.approx(ref, rel=1e-9, abs=1e-9)
+    assert prior.mean == pytest.approx(a0 / (a0 + b0))
+
+
+@given(pairs=counts, weights=grid_weights)
+def test_grid_prior_posterior_and_marginal_match_loops(pairs, weights):
+    grid = np.linspace(0.0, 1.0, 5)
+    pi = np.array(weights) / sum(weights)
+    prior = GridPrior(grid, pi)
+    s, f = (np.array(x) for x in zip(*pairs))
+    liks = [[pk * gk**si * (1 - gk) ** fi for pk, gk in zip(pi, grid)] for si, fi in pairs]
+    totals = [sum(lik) for lik in liks]  # 0**0 = 1
+    marginal = sum(math.log(x) if x > 0 else -math.inf for x in totals) / len(pairs)
+    assert prior.log_marginal(s, f) == pytest.approx(marginal, rel=1e-9, abs=1e-12)
+    if min(totals) == 0:  # counts no rate with prior mass can produce: no posterior
+        with pytest.raises(ValueError, match="impossible under this GridPrior"):
+            prior.posterior(s, f)
+        return
+    post = prior.posterior(s, f)
+    assert isinstance(post, GridPosterior)
+    for row, (lik, total) in enumerate(zip(liks, totals)):
+        np.testing.assert_allclose(post.weights[row], [x / total for x in lik], atol=1e-12)
+
+
+def test_prior_objects_validate_their_arguments():
+    with pytest.raises(ValueError, match="alpha must be > 0"):
+        BetaPrior(0.0, 1.0)
+    with pytest.raises(TypeError, match="beta must be a real number"):
+        BetaPrior(1.0, "x")
+    with pytest.raises(ValueError, match="grid must hold at least 2 strictly increasing"):
+        GridPrior([0.5, 0.2], [0.5, 0.5])
+    with pytest.raises(ValueError, match=r"weights must have one entry per grid point \(3\)"):
+        GridPrior([0.0, 0.5, 1.0], [0.5, 0.5])
+    with pytest.raises(ValueError, match="weights must be >= 0 and sum to 1"):
+        GridPrior([0.0, 1.0], [0.7, 0.7])
+    with pytest.raises(ValueError, match="failures must be >= 0"):
+        BetaPrior().posterior([1.0], [-1.0])
+    with pytest.raises(ValueError, match="same length"):
+        BetaPrior().posterior([1.0], [1.0, 2.0])
+    prior = GridPrior([0.0, 1.0], [0.25, 0.75])
+    with pytest.raises(ValueError, match="read-only"):
+        prior.weights[0] = 1.0
+
+
+def test_prior_registry_summary_and_state():
+    assert PRIORS.names() == ("grid", "beta")
+    assert PRIORS.get("grid") is GridPrior and PRIORS.get("beta") is BetaPrior
+    for prior in (BetaPrior(0.5, 2.0), GridPrior([0.0, 0.5, 1.0], [0.2, 0.3, 0.5])):
+        assert isinstance(prior, Prior) and PRIORS.get(prior.kind) is type(prior)
+        again = prior_from_state(pickle.loads(pickle.dumps(prior.state_dict())))
+        assert type(again) is type(prior)
+        assert again.state_dict().keys() == prior.state_dict().keys()
+        for key, value in prior.state_dict().items():
+            np.testing.assert_array_equal(again.state_dict()[key], value)
+    assert BetaPrior(0.5, 2.0).summary() == {"prior_alpha": 0.5, "prior_beta": 2.0}
+    grid = GridPrior([0.0, 0.5, 1.0], [0.2, 0.3, 0.5]).summary()
+    assert grid == pytest.approx(
+        {"prior_mass_never": 0.2, "prior_mass_always": 0.5, "prior_mean": 0.65}
+    )
+    inner = GridPrior([0.25, 0.75], [0.5, 0.5]).summary()  # neither 0 nor 1 on the grid
+    assert inner["prior_mass_never"] == inner["prior_mass_always"] == 0.0
+    with pytest.raises(ValueError, match=r"must be one of \('grid', 'beta'\)"):
+        prior_from_state({"kind": "normal"})
+
+
+def test_fits_are_pure_functions_of_the_counts():
+    rng = np.random.default_rng(4)
+    p = rng.beta(0.4, 0.6, size=300)
+    s = rng.binomial(8, p).astype(float)
+    f = 8.0 - s
+    s_in, f_in = s.copy(), f.copy()
+    beta = fit_beta_prior(s, f)
+    grid = fit_grid_prior(s, f, grid_size=11)
+    np.testing.assert_array_equal(s, s_in)
+    np.testing.assert_array_equal(f, f_in)
+    assert fit_beta_prior(s, f) == beta  # same input, same prior
+    np.testing.assert_array_equal(fit_grid_prior(s, f, grid_size=11).weights, grid.weights)
+    # weights are multiplicities: pooled rows fit like repeated rows
+    pairs, mult = np.unique(np.stack([s, f], axis=1), axis=0, return_counts=True)
+    pooled = fit_beta_prior(pairs[:, 0], pairs[:, 1], mult)
+    assert (pooled.alpha, pooled.beta) == pytest.approx((beta.alpha, beta.beta), rel=1e-5)
+    pooled_grid = fit_grid_prior(pairs[:, 0], pairs[:, 1], mult, grid_size=11)
+    np.testing.assert_allclose(pooled_grid.weights, grid.weights, atol=1e-9)
+    # a fit is at least as likely as the prior it starts from
+    assert beta.log_marginal(s, f) >= BetaPrior().log_marginal(s, f)
+    flat = GridPrior(np.linspace(0, 1, 11), np.full(11, 1 / 11))
+    assert grid.log_marginal(s, f) >= flat.log_marginal(s, f)
+
+
+def test_fit_function_errors():
+    with pytest.raises(ValueError, match="at least one prompt"):
+        fit_beta_prior([], [])
+    with pytest.raises(ValueError, match=r"weights must have one entry per prompt \(2\)"):
+        fit_grid_prior([1.0, 2.0], [1.0, 0.0], [1.0])
+    with pytest.raises(ValueError, match="weights must be >= 0 with a positive sum"):
+        fit_grid_prior([1.0], [1.0], [0.0])
+    with pytest.raises(TypeError, match="start must be a BetaPrior"):
+        fit_beta_prior([1.0], [1.0], start=GridPrior([0.0, 1.0], [0.5, 0.5]))
+    with pytest.raises(ValueError, match="tol must be >= 0"):
+        fit_grid_prior([1.0], [1.0], tol=-1.0)
+
+
+def test_tracker_holds_its_prior_as_an_object():
+    tracker = BetaDifficultyTracker(2.0, 3.0)
+    assert tracker.prior == BetaPrior(2.0, 3.0)
+    tracker.update(["a", "b", "c"], [4, 0, 2], [4, 4, 4])
+    before = tracker.rank(["a", "b", "c", "new"])
+    fit = tracker.fit_prior("grid", grid_size=11)
+    assert isinstance(tracker.prior, GridPrior) and fit["kind"] == "grid"
+    np.testing.assert_array_equal(fit["weights"], tracker.prior.weights)
+    assert fit["loglik"] == tracker.prior.log_marginal(*tracker.counts(tracker.ids))
+    # a prior can be given or assigned; assignment refreshes the mean ranks
+    flat = GridPrior([0.0, 1.0], [0.5, 0.5])
+    tracker.prior = flat
+    assert tracker.posterior(["a"]).weights.tolist() == [[0.0, 1.0]]
+    tracker.prior = BetaPrior(2.0, 3.0)
+    np.testing.assert_array_equal(tracker.rank(["a", "b", "c", "new"]), before)
+    given_prior = BetaDifficultyTracker(prior=flat, decay=0.5)
+    assert given_prior.prior is flat and given_prior.decay == 0.5
+    with pytest.raises(TypeError, match="prior must be a Prior"):
+        tracker.prior = {"kind": "beta"}
+    with pytest.raises(ValueError, match="not both"):
+        BetaDifficultyTracker(2.0, prior=flat)
+
+
+def test_beta_refit_starts_from_the_current_beta_prior():
+    rng = np.random.default_rng(2)
+    tracker = _synthetic(rng, rng.beta(0.4, 0.6, size=500), 10)
+    s, f = tracker.counts(tracker.ids)
+    fit = tracker.fit_prior("beta")
+    pairs, mult = np.unique(np.stack([s, f], axis=1), axis=0, return_counts=True)
+    assert tracker.prior == fit_beta_prior(pairs[:, 0], pairs[:, 1], mult)
+    again = tracker.fit_prior("beta")  # from the fitted prior: the same optimum
+    assert (again["alpha"], again["beta"]) == pytest.approx((fit["alpha"], fit["beta"]), rel=1e-4)
+
+
+# ------------------------------------------------------------------ state versions
+def _v1_state(kind):
+    """A tracker state as e3core 0.1 wrote it (flat prior keys, version 1)."""
+    state = {
+        "version": 1,
+        "prior_alpha": 0.5,
+        "prior_beta": 2.0,
+        "decay": 0.9,
+        "prior_kind": kind,
+        "prior_grid": None,
+        "prior_weights": None,
+        "ids": ["a", 7],
+        "successes": np.array([1.5, 0.0]),
+        "failures": np.array([0.5, 3.0]),
+    }
+    if kind == "grid":
+        state["prior_grid"] = np.linspace(0.0, 1.0, 3)
+        state["prior_weights"] = np.array([0.25, 0.25, 0.5])
+    return state
+
+
+@pytest.mark.parametrize("kind", ["beta", "grid"])
+def test_loads_version_1_states(kind):
+    tracker = BetaDifficultyTracker()
+    tracker.load_state_dict(_v1_state(kind))
+    assert tracker.decay == 0.9 and tracker.ids == ["a", 7]
+    np.testing.assert_array_equal(tracker.counts(["a", 7])[1], [0.5, 3.0])
+    if kind == "beta":
+        assert tracker.prior == BetaPrior(0.5, 2.0)
+    else:
+        np.testing.assert_array_equal(tracker.prior.weights, [0.25, 0.25, 0.5])
+    state = tracker.state_dict()
+    assert state["version"] == 2 and state["prior"]["kind"] == kind
+
+
+@given(calls=calls, grid=st.booleans())
+def test_state_dict_round_trip_is_exact_data(calls, grid):
+    tracker = BetaDifficultyTracker(0.5, 2.0, 0.8)
+    for call in calls:
+        tracker.update([i for i, _, _ in call], [s for _, s, _ in call], [t for *_, t in call])
+    if grid and len(tracker):
+        with contextlib.suppress(ValueError):  # no prompt with trials yet
+            tracker.fit_prior("grid", grid_size=7)
+    state = tracker.state_dict()
+    clone = BetaDifficultyTracker()
+    clone.load_state_dict(pickle.loads(pickle.dumps(state)))
+    again = clone.state_dict()
+    assert again.keys() == state.keys() and again["prior"].keys() == state["prior"].keys()
+    for key in ("version", "decay", "ids"):
+        assert again[key] == state[key]
+    for key in ("successes", "failures"):
+        np.testing.assert_array_equal(again[key], state[key])
+    for key, value in state["prior"].items():
+        np.testing.assert_array_equal(again["prior"][key], value)
+
+
+def test_load_state_checks_the_version_and_the_prior():
+    tracker = BetaDifficultyTracker()
+    state = tracker.state_dict()
+    with pytest.raises(ValueError, match=r"state\['version'\] must be 1 or 2"):
+        tracker.load_state_dict({**state, "version": 3})
+    with pytest.raises(ValueError, match=r"missing keys \['prior'\]"):
+        tracker.load_state_dict({k: v for k, v in state.items() if k != "prior"})
+    with pytest.raises(ValueError, match="must be one of"):
+        tracker.load_state_dict({**state, "prior": {"kind": "normal"}})
+    with pytest.raises(ValueError, match="needs prior_grid and prior_weights"):
+        tracker.load_state_dict({**_v1_state("grid"), "prior_weights": None})
+    with pytest.raises(TypeError, match="state must be a mapping"):
+        tracker.load_state_dict([("version", 2)])
+
+
+# ------------------------------------------------------------------ ids resolved once
+def test_resolved_ids_answer_every_query_like_the_ids():
+    tracker = BetaDifficultyTracker()
+    tracker.update([3, 1, 3, 2], [1, 0, 2, 1], [2, 2, 3, 1])
+    query = [3, 9, 1, 3]
+    ids = tracker.resolve(query)
+    assert isinstance(ids, ResolvedIds) and len(ids) == 4
+    assert tracker.resolve(ids) is ids
+    np.testing.assert_array_equal(ids.rows, tracker.rows(query))
+    for got, want in zip(tracker.counts(ids), tracker.counts(query)):
+        np.testing.assert_array_equal(got, want)
+    for by in RANK_SCORES:
+        np.testing.assert_array_equal(tracker.rank(ids, by=by), tracker.rank(query, by=by))
+        a = tracker.posterior(ids, with_rank=True, by=by)
+        b = tracker.posterior(query, with_rank=True, by=by)
+        np.testing.assert_array_equal(a.alpha, b.alpha)
+        np.testing.assert_array_equal(a.rank, tracker.rank(query, by=by))
+    with pytest.raises(ValueError, match="read-only"):
+        ids.successes[0] = 5.0
+    with pytest.raises(ValueError, match="by must be one of"):
+        tracker.posterior(ids, with_rank=True, by="accuracy_epoch")
+
+
+def test_stale_or_foreign_resolved_ids_are_refused():
+    tracker = BetaDifficultyTracker()
+    tracker.update([1], [1], [2])
+    ids = tracker.resolve([1, 2])
+    tracker.fit_prior("beta")  # counts unchanged: still valid
+    assert tracker.posterior(ids).alpha[1] == tracker.prior.alpha
+    other = BetaDifficultyTracker()
+    with pytest.raises(ValueError, match="resolve the ids again"):
+        other.posterior(ids)
+    tracker.update([2], [1], [1])
+    with pytest.raises(ValueError, match="resolve the ids again"):
+        tracker.rank(ids)
+
+
+def test_rank_rules_map_scheduler_names_to_tracker_scores():
+    assert RANK_BY.names() == ("mean", "epoch_accuracy")
+    assert RANK_BY.get("mean") == RankRule("mean", per_epoch=False)
+    assert RANK_BY.get("epoch_accuracy") == RankRule("accuracy", per_epoch=True)
+    assert RANK_SCORES == ("mean", "accuracy")
+    with pytest.raises(ValueError, match=r"by must be one of \('mean', 'accuracy'\)"):
+        RankRule("epoch_accuracy")
+
+
+def _rank_scheduler(rank_by):
+    return E3Scheduler(
+        allocator=RankAllocator(),
+        controller=None,
+        refit_every=None,
+        rank_by=rank_by,
+        steps_per_epoch=2,
+        rollouts_per_prompt=4,
+        min_per_prompt=1,
+        max_per_prompt=8,
+    )
+
+
+@pytest.mark.parametrize("rank_by", ["mean", "epoch_accuracy"])
+def test_scheduler_posterior_looks_ids_up_once_and_matches_separate_queries(rank_by, monkeypatch):
+    sched = _rank_scheduler(rank_by)
+    rng = np.random.default_rng(0)
+    calls = []
+    unique = BetaDifficultyTracker._unique
+    monkeypatch.setattr(
+        BetaDifficultyTracker, "_unique", staticmethod(lambda ids: calls.append(1) or unique(ids))
+    )
+    for step in range(5):  # epoch ends after steps 2 and 4: snapshots, then new prompts
+        ids = rng.choice(40 + 10 * step, 6, replace=False)
+        calls.clear()
+        post = sched.posterior(ids)
+        assert len(calls) == 1
+        # the reference: separate lookups, as the scheduler did before
+        tracker = sched.tracker
+        rule = RANK_BY.get(rank_by)
+        live = tracker.rank(ids, by=rule.by)
+        want = live
+        if rule.per_epoch and sched._rank_snapshot is not None:
+            snap = sched._rank_snapshot
+            want = np.array(
+                [snap[r] if 0 <= r < len(snap) else k for r, k in zip(tracker.rows(ids), live)]
+            )
+        np.testing.assert_array_equal(post.rank, want)
+        np.testing.assert_array_equal(post.mean, tracker.posterior(ids).mean)
+        calls.clear()
+        plan = sched.plan(ids)
+        assert len(calls) == 1
+        groups = plan.group_ids
+        sched.observe(ids, (rng.random(plan.total) < 0.4).astype(float), groups)
+
+
+def test_difficulty_reexports_the_posterior_and_prior_modules():
+    for module in (posteriors, priors):
+        for name in module.__all__:
+            assert getattr(difficulty, name) is getattr(module, name)
+            assert name in difficulty.__all__

@@ -151,6 +151,15 @@ def test_trl_api_page_has_the_fields_marker():
     assert hook.MARKER in (API / "trl.md").read_text()
 
 
+def test_scheduler_api_page_tables_every_setting():
+    hook = load_config_fields_hook()
+    assert hook.SETTINGS_MARKER in (API / "scheduler.md").read_text()
+    table = hook.e3_settings_table()
+    for field in dataclasses.fields(E3Settings):
+        assert f"| `{field.name}` |" in table, field.name
+        assert hook._prose(E3Settings.help(field.name)) in table, field.name
+
+
 # ----------------------------------------------------------------------------- examples
 def test_examples_are_found_and_no_exec_blocks_are_few_and_explained():
     run = skipped = 0

@@ -55,7 +55,7 @@ case "$recipe" in
       --e3.allocator rank --e3.rank_by epoch_accuracy
       --e3.min_per_prompt 8 --e3.max_per_prompt 8
       --e3.widen_per_epoch 2 --e3.widen_min 4 --e3.widen_max 12
-      --e3.prior_kind beta --e3.refit_every none
+      --e3.refit_prior beta --e3.refit_every none
       --e3.controller e3 --e3.anneal_final_ratio 0.9
       --e3.min_temperature 0.1 --e3.max_temperature 10.0
     )
@@ -64,7 +64,7 @@ case "$recipe" in
     args+=(
       --e3.allocator knapsack --e3.value mixed
       --e3.min_per_prompt 2 --e3.max_per_prompt 32
-      --e3.prior_kind grid --e3.refit_every 25
+      --e3.refit_prior grid --e3.refit_every 25
       --e3.controller pi --e3.warmup_steps 5
       --e3.min_temperature 0.5 --e3.max_temperature 1.5
     )

@@ -6,6 +6,9 @@ starts with ``e3_``: name, type (the annotation as written), default and the fie
 ``metadata["help"]``. Nothing is written by hand, so a new field shows up on the next build
 (``tests/test_docs.py`` checks that the built page names every field).
 
+A page that holds ``<!-- e3-settings-fields -->`` gets the same table for every field of
+:class:`e3core.E3Settings` (the one source the ``e3_`` fields are generated from; no TRL needed).
+
 Registered in ``mkdocs.yml`` under ``hooks:``. Importing the config imports TRL, so the build
 needs the ``trl`` extra (``pip install -e ".[trl,docs]"``); without it a page with the marker
 fails the build rather than losing its table.
@@ -20,6 +23,7 @@ from typing import Any
 from mkdocs.exceptions import PluginError
 
 MARKER = "<!-- e3-config-fields -->"
+SETTINGS_MARKER = "<!-- e3-settings-fields -->"
 PREFIX = "e3_"
 
 
@@ -144,6 +148,17 @@ def e3_config_table() -> str:
     return fields_table(E3GRPOConfig)
 
 
+def e3_settings_table() -> str:
+    """The table for every field of ``E3Settings``.
+
+    Returns:
+        The markdown table.
+    """
+    from e3core.settings import E3Settings
+
+    return fields_table(E3Settings, prefix="")
+
+
 def on_page_markdown(markdown: str, **kwargs: Any) -> str:
     """The ``on_page_markdown`` event: replace each marker of a page by the generated table.
 
@@ -154,6 +169,8 @@ def on_page_markdown(markdown: str, **kwargs: Any) -> str:
     Returns:
         The markdown with the table in place of the marker.
     """
+    if SETTINGS_MARKER in markdown:
+        markdown = markdown.replace(SETTINGS_MARKER, f"\n{e3_settings_table()}\n")
     if MARKER not in markdown:
         return markdown
     table = e3_config_table()

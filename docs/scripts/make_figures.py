@@ -20,7 +20,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from e3core import CosineAnnealedTarget, E3TemperatureController, PITemperatureController
+from e3core import (
+    CosineAnnealedTarget,
+    E3TemperatureController,
+    PITemperatureController,
+    WarmupMeanTarget,
+)
 
 STEPS = 300
 GAMMA = 1.5
@@ -50,12 +55,12 @@ def run(controller: E3TemperatureController | PITemperatureController | None, no
 def main() -> None:
     """Run the four configurations and save the figure."""
     noise = np.exp(np.random.default_rng(0).normal(0.0, 0.03, STEPS))
-    anneal = CosineAnnealedTarget.paper(STEPS, final_ratio=0.9)
+    anneal = CosineAnnealedTarget.paper(WarmupMeanTarget(), STEPS, final_ratio=0.9)
     runs = {
         "fixed T = 1 (no control)": run(None, noise),
         "E3 rule (bounded 0.5..1.5)": run(E3TemperatureController(VOCAB), noise),
         "E3 rule + cosine annealing (paper)": run(
-            E3TemperatureController(VOCAB, target_schedule=anneal), noise
+            E3TemperatureController(VOCAB, target=anneal), noise
         ),
         "PI, kp = ki = 0.1": run(PITemperatureController(), noise),
     }

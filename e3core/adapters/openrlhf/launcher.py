@@ -7,7 +7,8 @@ them into OpenRLHF's hierarchical ``args`` as ``args.e3``, installs e3core's cla
 OpenRLHF's ``train()`` looks them up (the PPO trainer, the policy and reference actors) and runs
 OpenRLHF's own entry point, so argument parsing, checks and Ray orchestration are upstream's.
 The E3 settings are validated right after OpenRLHF parses its flags, before Ray starts
-(including the estimator and ``--train.async_enable``, whose async trainer E3 does not replace).
+(:func:`read_e3_args`: the settings, the estimator, and ``--train.async_enable``, whose async
+trainer E3 does not replace). This module imports no OpenRLHF code until :func:`install`.
 """
 
 from __future__ import annotations
@@ -17,14 +18,31 @@ import runpy
 import sys
 import typing
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 from e3core.settings import E3Settings
 
-__all__ = ["install", "main", "split_e3_flags"]
+__all__ = [
+    "ESTIMATOR_BASELINES",
+    "SUPPORTED_ESTIMATORS",
+    "install",
+    "main",
+    "read_e3_args",
+    "split_e3_flags",
+]
 
 _PREFIX = "--e3."
 _FIELDS = {f.name: f for f in dataclasses.fields(E3Settings)}
+_NAMES = {
+    "rollouts_per_prompt": "--rollout.n_samples_per_prompt",
+    "initial_temperature": "--rollout.temperature",
+}
+
+ESTIMATOR_BASELINES = {"group_norm": "mean", "dr_grpo": "mean", "rloo": "leave_one_out"}
+"""The ``--algo.advantage.estimator`` values E3 supports (they group samples by prompt), and
+the group baseline each one uses: with OpenRLHF the estimator decides the baseline."""
+SUPPORTED_ESTIMATORS = tuple(ESTIMATOR_BASELINES)
 
 
 def _convert(name: str, text: str) -> Any:
@@ -83,6 +101,50 @@ def split_e3_flags(argv: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
     return rest, e3
 
 
+def read_e3_args(args: Any) -> E3Settings:
+    """The validated :class:`E3Settings` in ``args.e3`` (a namespace or dict; absent: defaults).
+
+    The initial temperature is ``--rollout.temperature`` unless ``--e3.initial_temperature`` is
+    given; ``--algo.advantage.estimator`` must group by prompt (:data:`SUPPORTED_ESTIMATORS`) and
+    decides the baseline (:data:`ESTIMATOR_BASELINES`), so ``--e3.baseline`` is refused unless it
+    names the estimator's; the trainer must be synchronous. Messages name OpenRLHF's flags where
+    they set a bound.
+
+    Raises:
+        ValueError, TypeError: A bad setting, named as ``--e3.<name>`` or OpenRLHF's flag.
+    """
+    raw = getattr(args, "e3", None)
+    data = dict(vars(raw) if isinstance(raw, SimpleNamespace) else (raw or {}))
+    names = dict(_NAMES)
+    if "initial_temperature" in data:
+        del names["initial_temperature"]
+    else:
+        data["initial_temperature"] = float(args.rollout.temperature)
+    settings = E3Settings.from_mapping(data, prefix=_PREFIX)
+    estimator = args.algo.advantage.estimator
+    if estimator not in ESTIMATOR_BASELINES:
+        raise ValueError(
+            f"--algo.advantage.estimator={estimator!r} is not supported with E3 (groups of "
+            f"different sizes); use one of {SUPPORTED_ESTIMATORS}"
+        )
+    baseline = ESTIMATOR_BASELINES[estimator]
+    if "baseline" in data and data["baseline"] != baseline:
+        raise ValueError(
+            f"{_PREFIX}baseline={data['baseline']!r} cannot be honoured with "
+            f"--algo.advantage.estimator={estimator!r}, whose baseline is {baseline!r}: with "
+            f"OpenRLHF the estimator decides the baseline ({ESTIMATOR_BASELINES}); drop "
+            f"{_PREFIX}baseline or choose the estimator"
+        )
+    if getattr(args.train, "async_enable", False):
+        raise ValueError(
+            "--train.async_enable is not supported with E3: the async trainer generates ahead "
+            "of the update, so the temperature a batch is sampled at would lag the controller"
+        )
+    settings = dataclasses.replace(settings, baseline=baseline)
+    g = int(args.rollout.n_samples_per_prompt)
+    return settings.validate(g, prefix=_PREFIX, names=names)
+
+
 def install(e3_settings: dict[str, Any]) -> None:
     """Put e3core's classes and ``args.e3`` where OpenRLHF's ``train()`` will find them."""
     import openrlhf.trainer.ppo_trainer as ppo_trainer_module
@@ -100,10 +162,6 @@ def install(e3_settings: dict[str, Any]) -> None:
     original = getattr(config_module.hierarchize, "__wrapped__", config_module.hierarchize)
 
     def hierarchize_with_e3(args: Any) -> Any:
-        from types import SimpleNamespace
-
-        from e3core.adapters.openrlhf.trainer import read_e3_args
-
         out = original(args)
         out.e3 = SimpleNamespace(**e3_settings)
         read_e3_args(out)  # fail before Ray starts: bad settings, estimator, async trainer

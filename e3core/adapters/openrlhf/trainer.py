@@ -10,21 +10,24 @@ One :class:`~e3core.E3Scheduler` lives in the trainer actor. Each step (E3, Liao
    temperature the samples were drawn at.
 3. :class:`~e3core.adapters.openrlhf.experience.E3ExperienceMaker` shapes rewards by prompt
    group of any size.
-4. After the update the rewards go to ``scheduler.observe`` by prompt, with
+4. After the update the rewards go to ``scheduler.observe`` by prompt, and
    ``status["entropy_loss"]`` (the token entropy OpenRLHF logs when ``--actor.entropy_coef`` is
-   set; 0 logs it without adding it to the loss) as the entropy; the controller sets
-   :math:`T_{t+1}`. ``e3/`` metrics join OpenRLHF's status.
+   set; 0 logs it without adding it to the loss) to ``scheduler.observe_entropy``, which sets
+   :math:`T_{t+1}` (a missing one is skipped and counted there). The scheduler's ``e3/``
+   metrics join OpenRLHF's status.
 5. The scheduler's state rides in the actor checkpoint's ``client_states`` (``e3_scheduler``)
    and is restored when training resumes.
 
 Settings come from ``args.e3`` (the launcher's ``--e3.<name>`` flags; see
-:class:`e3core.settings.E3Settings`).
+:class:`e3core.settings.E3Settings`), read by
+:func:`~e3core.adapters.openrlhf.launcher.read_e3_args`. A sample's prompt key is computed once,
+when the generator makes the sample, and carried with it
+(:func:`~e3core.adapters.openrlhf.generator.sample_key`).
 """
 
 from __future__ import annotations
 
 import logging
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -32,44 +35,20 @@ import ray
 import torch
 from openrlhf.trainer.ppo_trainer import PPOTrainer
 
-from e3core.adapters.openrlhf.experience import SUPPORTED_ESTIMATORS, E3ExperienceMaker
-from e3core.adapters.openrlhf.generator import E3SamplesGenerator, sample_prompt_key
+from e3core.adapters.openrlhf.experience import E3ExperienceMaker
+from e3core.adapters.openrlhf.generator import E3SamplesGenerator, sample_key
+from e3core.adapters.openrlhf.launcher import read_e3_args
 from e3core.scheduler import E3Scheduler
-from e3core.settings import E3Settings
 
 __all__ = ["STATE_KEY", "E3PPOTrainer", "E3PPOTrainerBase", "read_e3_args"]
 
 logger = logging.getLogger(__name__)
 
 STATE_KEY = "e3_scheduler"
-
-
-def read_e3_args(args: Any) -> E3Settings:
-    """The validated :class:`E3Settings` in ``args.e3`` (a namespace or dict; absent: defaults).
-
-    The initial temperature is ``--rollout.temperature`` unless ``--e3.initial_temperature`` is
-    given; ``--algo.advantage.estimator`` must group by prompt (group_norm, dr_grpo, rloo) and
-    the trainer must be synchronous.
-
-    Raises:
-        ValueError, TypeError: A bad setting, named as ``--e3.<name>`` or OpenRLHF's flag.
-    """
-    raw = getattr(args, "e3", None)
-    data = dict(vars(raw) if isinstance(raw, SimpleNamespace) else (raw or {}))
-    data.setdefault("initial_temperature", float(args.rollout.temperature))
-    settings = E3Settings.from_mapping(data, prefix="--e3.")
-    estimator = args.algo.advantage.estimator
-    if estimator not in SUPPORTED_ESTIMATORS:
-        raise ValueError(
-            f"--algo.advantage.estimator={estimator!r} is not supported with E3 (groups of "
-            f"different sizes); use one of {SUPPORTED_ESTIMATORS}"
-        )
-    if getattr(args.train, "async_enable", False):
-        raise ValueError(
-            "--train.async_enable is not supported with E3: the async trainer generates ahead "
-            "of the update, so the temperature a batch is sampled at would lag the controller"
-        )
-    return settings.validate(int(args.rollout.n_samples_per_prompt), prefix="--e3.")
+_ENTROPY_HINT = (
+    "OpenRLHF logs the entropy as status['entropy_loss'] only when --actor.entropy_coef is set "
+    "(0 logs it without adding it to the loss)."
+)
 
 
 class E3PPOTrainerBase(PPOTrainer.__ray_actor_class__):  # type: ignore[misc, name-defined]
@@ -107,7 +86,6 @@ class E3PPOTrainerBase(PPOTrainer.__ray_actor_class__):  # type: ignore[misc, na
         )
         maker.loss_weighting = settings.loss_weighting
         self.experience_maker = maker
-        self._e3_warned_entropy = False
 
     # ------------------------------------------------------------------ temperature
     def e3_set_model_temperature(self, temperature: float) -> None:
@@ -127,7 +105,6 @@ class E3PPOTrainerBase(PPOTrainer.__ray_actor_class__):  # type: ignore[misc, na
         self.e3_set_model_temperature(temperature)
         status, step = super().train_step(rollout_samples, global_step)
         status.update(self.e3_observe(rollout_samples, status.get("entropy_loss")))
-        status["e3/sample_temperature"] = float(temperature)
         return status, step
 
     def e3_observe(self, rollout_samples: list, entropy: float | None) -> dict[str, float]:
@@ -135,22 +112,13 @@ class E3PPOTrainerBase(PPOTrainer.__ray_actor_class__):  # type: ignore[misc, na
         order: dict[int, int] = {}
         groups, rewards = [], []
         for sample in rollout_samples:
-            key = sample_prompt_key(sample.prompts[0])
+            key = sample_key(sample)
             groups.append(order.setdefault(key, len(order)))
             rewards.append(_scalar(sample.rewards))
-        value = None
-        if entropy is not None and np.isfinite(entropy) and entropy > 0:
-            value = float(entropy)
-        elif not self._e3_warned_entropy and self.e3_scheduler.controller is not None:
-            logger.warning(
-                "no entropy_loss in the status (got %r): set --actor.entropy_coef 0 to log it; "
-                "the temperature is not updated",
-                entropy,
-            )
-            self._e3_warned_entropy = True
         metrics = self.e3_scheduler.observe(
-            list(order), np.asarray(rewards), np.asarray(groups, dtype=np.int64), entropy=value
+            list(order), np.asarray(rewards), np.asarray(groups, dtype=np.int64)
         )
+        metrics.update(self.e3_scheduler.observe_entropy(entropy, hint=_ENTROPY_HINT))
         self.samples_generator.e3_planned.clear()
         return metrics
 

@@ -16,7 +16,6 @@ Arguments are :class:`E3ScriptArguments` plus every :class:`E3GRPOConfig` field,
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 import sys
@@ -32,6 +31,7 @@ from trl import TrlParser
 
 from e3core._validation import check_float, check_int
 from e3core.adapters.trl.config import E3GRPOConfig
+from e3core.adapters.trl.reporting import format_table, save_plot, trajectory_table
 from e3core.adapters.trl.trainer import E3GRPOTrainer
 
 __all__ = ["DEMO_DEFAULTS", "CliError", "E3ScriptArguments", "main", "run"]
@@ -108,28 +108,6 @@ class E3ScriptArguments:
         default=False,
         metadata={"help": "Show the full traceback of a setup error (also: E3CORE_DEBUG=1)."},
     )
-
-
-def _trajectory(history: Sequence[dict[str, Any]]) -> str:
-    """Temperature, target and measured entropy at five points of the run, as a text table."""
-    if not history:
-        return "(no generation steps)"
-    n = len(history)
-    picks = sorted({0, n // 4, n // 2, (3 * n) // 4, n - 1})
-    lines = [f"{'step':>6}  {'temperature':>11}  {'target H':>8}  {'entropy H':>9}  {'mixed':>5}"]
-    for i in picks:
-        h = history[i]
-
-        def fmt(key: str, width: int, row: dict[str, Any] = h) -> str:
-            value = row.get(key)
-            ok = isinstance(value, float) and math.isfinite(value)
-            return f"{value:>{width}.3f}" if ok else f"{'-':>{width}}"
-
-        lines.append(
-            f"{i + 1:>6}  {fmt('e3/sample_temperature', 11)}  {fmt('e3/target_entropy', 8)}  "
-            f"{fmt('e3/entropy', 9)}  {fmt('e3/mixed_share', 5)}"
-        )
-    return "\n".join(lines)
 
 
 class CliError(Exception):
@@ -242,15 +220,13 @@ def _parse(argv: Sequence[str] | None) -> tuple[E3ScriptArguments, E3GRPOConfig]
 
 def _save_plot(history: Sequence[dict[str, Any]], path: Path) -> Path | None:
     """The demo's learning-curve plot, or None (with a one-line notice) without matplotlib."""
-    from e3core.adapters.trl import demo_task
-
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         print("[e3] plot skipped: matplotlib is not installed (pip install matplotlib)")
         return None
     rows = [{**h, "step": i + 1, "entropy": h.get("e3/entropy")} for i, h in enumerate(history)]
-    return demo_task.save_plot(rows, path)
+    return save_plot(rows, path)
 
 
 def _history_csv(config: E3GRPOConfig) -> Path | None:
@@ -261,7 +237,8 @@ def _history_csv(config: E3GRPOConfig) -> Path | None:
 
 
 def _run_demo(script: E3ScriptArguments, config: E3GRPOConfig) -> dict[str, Any]:
-    from e3core.adapters.trl import demo_task
+    from e3core.adapters.trl import demo
+    from e3core.adapters.trl.rewards import exact_reward
 
     with _setup(""):
         check_int("demo_warm_start_steps", script.demo_warm_start_steps, low=1)
@@ -276,46 +253,46 @@ def _run_demo(script: E3ScriptArguments, config: E3GRPOConfig) -> dict[str, Any]
             "train your own model with --model_name_or_path and --dataset_name to resume"
         )
     started = time.perf_counter()
-    tokenizer = demo_task.build_tokenizer()
-    model = demo_task.build_model(tokenizer, seed=config.seed)
+    tokenizer = demo.build_tokenizer()
+    model = demo.build_model(tokenizer, seed=config.seed)
     print(
         f"[e3] warm-starting a tiny Qwen2: {script.demo_warm_start_steps} supervised steps "
         f"(at most {script.demo_warm_start_seconds:.0f} s) ..."
     )
-    warm = demo_task.warm_start(
+    warm = demo.warm_start(
         model,
         tokenizer,
         steps=script.demo_warm_start_steps,
         seconds=script.demo_warm_start_seconds,
         seed=config.seed,
     )
-    train = demo_task.make_dataset(script.demo_train_prompts, seed=config.seed, split="train")
-    held_out = demo_task.make_dataset(script.demo_eval_prompts, seed=config.seed, split="eval")
+    train = demo.make_dataset(script.demo_train_prompts, seed=config.seed, split="train")
+    held_out = demo.make_dataset(script.demo_eval_prompts, seed=config.seed, split="eval")
     before = after = None
     if script.eval_k:
-        before = demo_task.evaluate(model, tokenizer, held_out, k=script.eval_k, seed=config.seed)
+        before = demo.evaluate(model, tokenizer, held_out, k=script.eval_k, seed=config.seed)
     print(f"[e3] GRPO with E3 for {config.max_steps} steps ...")
     with _setup(""):
         trainer = E3GRPOTrainer(
             model=model,
             processing_class=tokenizer,
-            reward_funcs=demo_task.exact_match_reward,
+            reward_funcs=exact_reward,
             args=config,
             train_dataset=train,
         )
     trainer.train()
     trained = trainer.accelerator.unwrap_model(trainer.model)
     if script.eval_k:
-        after = demo_task.evaluate(trained, tokenizer, held_out, k=script.eval_k, seed=config.seed)
+        after = demo.evaluate(trained, tokenizer, held_out, k=script.eval_k, seed=config.seed)
     history = trainer.e3_history
     csv_path = _history_csv(config)
     print()
     print(f"[e3] warm start: {warm.get('steps', 0):.0f} supervised steps")
     if before is not None and after is not None:
         print(f"[e3] held-out pass@1 / pass@{script.eval_k} at T=1, before and after E3 GRPO:")
-        print(demo_task.format_table(before.rows, after.rows))
+        print(format_table(before.rows, after.rows))
     print("[e3] sampling temperature and token entropy over training:")
-    print(_trajectory(history))
+    print(trajectory_table(history))
     if csv_path is not None:
         print(f"[e3] metrics CSV: {csv_path}")
     png_path = _save_plot(history, Path(config.output_dir) / "e3_plot.png")
@@ -375,7 +352,7 @@ def _run_user(script: E3ScriptArguments, config: E3GRPOConfig) -> dict[str, Any]
     history = trainer.e3_history
     csv_path = _history_csv(config)
     print("[e3] sampling temperature and token entropy over training:")
-    print(_trajectory(history))
+    print(trajectory_table(history))
     print(f"[e3] model saved in {config.output_dir}")
     if csv_path is not None:
         print(f"[e3] metrics CSV: {csv_path}")

@@ -1,5 +1,12 @@
 r"""``E3GRPOConfig``: TRL's ``GRPOConfig`` plus the E3 settings (all prefixed ``e3_``).
 
+The ``e3_`` fields are generated from :class:`~e3core.settings.E3Settings`: one field per
+setting, with its type, default and help text, so a new setting reaches TRL's config, its
+``--help`` and the docs' field table without being written here. Two settings TRL already has
+are not repeated: the initial temperature is TRL's ``temperature`` and :math:`G` is TRL's
+``num_generations``. Two fields are TRL's only: ``e3_prompt_id_column`` and ``e3_history_file``
+(see :class:`E3GRPOConfig`).
+
 Every field is a plain type so ``TrlParser`` reads it from YAML or the command line
 (``--e3_allocator rank``). The budget per generation step is TRL's own:
 ``generation_batch_size`` rows, i.e. :math:`B` prompts times ``num_generations`` :math:`G`;
@@ -9,208 +16,97 @@ E3 redistributes those :math:`N = B\,G` rollouts over the :math:`B` prompts
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from trl import GRPOConfig
 
-from e3core._validation import check_choice, check_float, check_int
-from e3core.settings import ALLOCATORS, CONTROLLERS, PRIORS, RANK_BY, VALUES, WEIGHTING
+from e3core.settings import E3Settings
 
-__all__ = ["E3GRPOConfig"]
+__all__ = ["PREFIX", "TRL_NAMES", "TRL_ONLY_FIELDS", "E3GRPOConfig", "e3_settings"]
+
+PREFIX = "e3_"
+"""How TRL's config spells an E3 setting: ``e3_`` + the :class:`E3Settings` field name."""
+
+TRL_NAMES: dict[str, str] = {
+    "initial_temperature": "temperature",
+    "rollouts_per_prompt": "num_generations",
+}
+"""E3 quantities TRL's config already holds under its own names (no ``e3_`` field for them)."""
+
+TRL_ONLY_FIELDS = ("e3_prompt_id_column", "e3_history_file")
+"""``e3_`` fields that are not E3 settings: how TRL's rows are identified and logged."""
 
 
-def _help(text: str) -> dict[str, Any]:
-    return {"help": text}
+def _settings_fields() -> list[tuple[str, Any, Any]]:
+    """``(name, type, field)`` of every ``e3_`` field derived from :class:`E3Settings`."""
+    hints = typing.get_type_hints(E3Settings)
+    out = []
+    for f in dataclasses.fields(E3Settings):
+        if f.name in TRL_NAMES:
+            continue
+        text = E3Settings.help(f.name, prefix=PREFIX, names=TRL_NAMES)
+        out.append(
+            (PREFIX + f.name, hints[f.name], field(default=f.default, metadata={"help": text}))
+        )
+    return out
+
+
+_E3SettingsFields = dataclasses.make_dataclass("_E3SettingsFields", _settings_fields())
+_E3SettingsFields.__module__ = __name__
+_E3SettingsFields.__doc__ = "The ``e3_`` fields generated from ``E3Settings`` (a mixin)."
 
 
 @dataclass
-class E3GRPOConfig(GRPOConfig):
+class E3GRPOConfig(_E3SettingsFields, GRPOConfig):
     r"""``GRPOConfig`` with E3 allocation, difficulty tracking and temperature control.
 
     Defaults are e3core's recommended setting (knapsack allocation of the expected number of
     mixed groups under a refitted grid prior, PI control of the entropy at its first-step
-    value). ``adapters/trl/paper.yaml`` holds the paper's exact setting (rank allocation widened
-    4..12, the E3 temperature rule with cosine annealing).
+    value). ``adapters/trl/paper.yaml`` holds the paper's exact setting
+    (:meth:`E3Settings.paper <e3core.settings.E3Settings.paper>`).
+
+    Each :class:`~e3core.settings.E3Settings` field ``x`` is the field ``e3_x`` here, except
+    ``initial_temperature``, which is TRL's ``temperature``. The settings are validated by
+    :meth:`E3Settings.validate <e3core.settings.E3Settings.validate>` (messages name the TRL
+    spelling), and ``e3_max_per_prompt=None`` is resolved to ``4 * num_generations``.
 
     With ``e3_enabled=False`` the trainer is plain GRPO at the same budget (every prompt gets
     ``num_generations``, the temperature stays at ``temperature``) and still logs the ``e3/``
-    metrics, for A/B runs.
+    metrics, for A/B runs; ``e3_baseline`` still applies.
+
+    TRL's own ``e3_`` fields (not E3 settings):
+
+    * ``e3_prompt_id_column``: dataset column with a stable prompt id.
+    * ``e3_history_file``: the per-step metrics CSV, relative to ``output_dir``.
     """
 
-    e3_enabled: bool = field(default=True, metadata=_help("Turn E3 on (False: plain GRPO)."))
-    e3_allocator: str = field(
-        default="knapsack", metadata=_help(f"Rollout allocator, one of {ALLOCATORS}.")
-    )
-    e3_value: str = field(
-        default="mixed",
-        metadata=_help(f"Value the knapsack/thompson allocators maximise, one of {VALUES}."),
-    )
-    e3_min_per_prompt: int = field(
-        default=2, metadata=_help("Fewest completions per prompt (1 <= min <= num_generations).")
-    )
-    e3_max_per_prompt: int | None = field(
-        default=None,
-        metadata=_help(
-            "Most completions per prompt (>= num_generations; None: 4 x num_generations)."
-        ),
-    )
-    e3_success_threshold: float = field(
-        default=0.5, metadata=_help("A reward >= this counts as a success for the tracker.")
-    )
-    e3_prior_alpha: float = field(default=1.0, metadata=_help("Initial Beta prior alpha."))
-    e3_prior_beta: float = field(default=1.0, metadata=_help("Initial Beta prior beta."))
-    e3_decay: float = field(
-        default=1.0, metadata=_help("Per-update decay of a prompt's counts, in (0, 1].")
-    )
-    e3_prior_kind: str = field(
-        default="grid", metadata=_help(f"Refitted population prior, one of {PRIORS}.")
-    )
-    e3_refit_every: int | None = field(
-        default=25,
-        metadata=_help("Refit the prior every this many generation steps (None: never)."),
-    )
-    e3_refit_min_prompts: int = field(
-        default=64, metadata=_help("Skip prior refits until this many prompts were observed.")
-    )
-    e3_rank_by: str = field(
-        default="mean", metadata=_help(f"Difficulty rank for the rank allocator, one of {RANK_BY}.")
-    )
-    e3_steps_per_epoch: int | None = field(
-        default=None,
-        metadata=_help(
-            "Generation steps per epoch for widening and epoch ranks (None: from the dataset size)."
-        ),
-    )
-    e3_widen_per_epoch: int = field(
-        default=0, metadata=_help("Widen [min, max] by this much at each epoch end (paper: 2).")
-    )
-    e3_widen_min: int | None = field(
-        default=None, metadata=_help("Lowest min_per_prompt widening may reach (paper: 4).")
-    )
-    e3_widen_max: int | None = field(
-        default=None, metadata=_help("Highest max_per_prompt widening may reach (paper: 12).")
-    )
-    e3_controller: str = field(
-        default="pi", metadata=_help(f"Temperature controller, one of {CONTROLLERS}.")
-    )
-    e3_target_entropy: float | None = field(
-        default=None,
-        metadata=_help("Target token entropy (None: mean of the first e3_warmup_steps)."),
-    )
-    e3_warmup_steps: int = field(
-        default=1, metadata=_help("Steps averaged into the target when e3_target_entropy is None.")
-    )
-    e3_kp: float = field(default=0.1, metadata=_help("PI controller proportional gain."))
-    e3_ki: float = field(default=0.1, metadata=_help("PI controller integral gain."))
-    e3_min_temperature: float = field(default=0.5, metadata=_help("Lowest sampling temperature."))
-    e3_max_temperature: float = field(default=1.5, metadata=_help("Highest sampling temperature."))
-    e3_anneal_final_ratio: float | None = field(
-        default=None,
-        metadata=_help(
-            "Cosine-anneal the target entropy over the last 40% of training to this fraction "
-            "of it (paper: 0.9; None: no annealing)."
-        ),
-    )
-    e3_loss_weighting: str = field(
-        default="sample",
-        metadata=_help(
-            f"One of {WEIGHTING}: 'prompt' scales advantages so each prompt weighs the same "
-            "whatever its number of completions."
-        ),
-    )
     e3_prompt_id_column: str | None = field(
         default=None,
-        metadata=_help(
-            "Dataset column with a stable prompt id; it must exist in the training dataset. "
-            "None: the column 'e3_prompt_id' if the dataset has it, else a hash of the prompt "
-            "together with its images ('image' / 'images' columns) is the id."
-        ),
+        metadata={
+            "help": "Dataset column with a stable prompt id; it must exist in the training "
+            "dataset. None: the column 'e3_prompt_id' if the dataset has it, else a hash of the "
+            "prompt together with its images ('image' / 'images' columns) is the id."
+        },
     )
     e3_history_file: str | None = field(
         default="e3_history.csv",
-        metadata=_help(
-            "CSV (relative to output_dir) the main process appends one row of e3/ metrics to at "
-            "every generation step; trimmed on resume, overwritten by a fresh run (None: off)."
-        ),
-    )
-    e3_seed: int | None = field(
-        default=None, metadata=_help("Seed of the scheduler's generator (None: seed).")
+        metadata={
+            "help": "CSV (relative to output_dir) the main process appends one row of e3/ "
+            "metrics to at every generation step; trimmed on resume, overwritten by a fresh run "
+            "(None: off)."
+        },
     )
 
     def __post_init__(self) -> None:
-        """Check the E3 fields after TRL's own checks."""
+        """TRL's checks, then the E3 settings' (:meth:`E3Settings.validate`), then TRL's own."""
         super().__post_init__()
-        check_choice("e3_allocator", self.e3_allocator, ALLOCATORS)
-        check_choice("e3_value", self.e3_value, VALUES)
-        check_choice("e3_controller", self.e3_controller, CONTROLLERS)
-        check_choice("e3_prior_kind", self.e3_prior_kind, PRIORS)
-        check_choice("e3_rank_by", self.e3_rank_by, RANK_BY)
-        check_choice("e3_loss_weighting", self.e3_loss_weighting, WEIGHTING)
-        g = self.num_generations
-        check_int(
-            "e3_min_per_prompt", self.e3_min_per_prompt, low=1, high=g, high_name="num_generations"
-        )
-        if self.e3_max_per_prompt is None:
-            self.e3_max_per_prompt = 4 * g
-        check_int("e3_max_per_prompt", self.e3_max_per_prompt, low=g, low_name="num_generations")
-        check_float("e3_success_threshold", self.e3_success_threshold)
-        check_float("e3_prior_alpha", self.e3_prior_alpha, low=0.0, low_open=True)
-        check_float("e3_prior_beta", self.e3_prior_beta, low=0.0, low_open=True)
-        check_float("e3_decay", self.e3_decay, low=0.0, high=1.0, low_open=True)
-        if self.e3_refit_every is not None:
-            check_int("e3_refit_every", self.e3_refit_every, low=1)
-        check_int("e3_refit_min_prompts", self.e3_refit_min_prompts, low=1)
-        if self.e3_steps_per_epoch is not None:
-            check_int("e3_steps_per_epoch", self.e3_steps_per_epoch, low=1)
-        check_int("e3_widen_per_epoch", self.e3_widen_per_epoch, low=0)
-        if self.e3_widen_min is not None:
-            check_int(
-                "e3_widen_min",
-                self.e3_widen_min,
-                low=1,
-                high=self.e3_min_per_prompt,
-                high_name="e3_min_per_prompt",
-            )
-        if self.e3_widen_max is not None:
-            check_int(
-                "e3_widen_max",
-                self.e3_widen_max,
-                low=self.e3_max_per_prompt,
-                low_name="e3_max_per_prompt",
-            )
-        if self.e3_target_entropy is not None:
-            check_float("e3_target_entropy", self.e3_target_entropy, low=0.0, low_open=True)
-        check_int("e3_warmup_steps", self.e3_warmup_steps, low=1)
-        check_float("e3_kp", self.e3_kp, low=0.0)
-        check_float("e3_ki", self.e3_ki, low=0.0)
-        check_float("e3_min_temperature", self.e3_min_temperature, low=0.0, low_open=True)
-        check_float(
-            "e3_max_temperature",
-            self.e3_max_temperature,
-            low=self.e3_min_temperature,
-            low_name="e3_min_temperature",
-        )
-        if self.e3_controller != "none":
-            check_float(
-                "temperature",
-                self.temperature,
-                low=self.e3_min_temperature,
-                high=self.e3_max_temperature,
-                low_name="e3_min_temperature",
-                high_name="e3_max_temperature",
-                hint="or set e3_controller none",
-            )
-        if self.e3_anneal_final_ratio is not None:
-            check_float(
-                "e3_anneal_final_ratio",
-                self.e3_anneal_final_ratio,
-                low=0.0,
-                high=1.0,
-                low_open=True,
-            )
+        resolved = e3_settings(self).validate(self.num_generations, prefix=PREFIX, names=TRL_NAMES)
+        self.e3_max_per_prompt = resolved.max_per_prompt
         # The command line spells None as text (TrlParser passes it through as a string).
-        for name in ("e3_prompt_id_column", "e3_history_file"):
+        for name in TRL_ONLY_FIELDS:
             if getattr(self, name) in ("None", "none", "null"):
                 setattr(self, name, None)
         if self.e3_prompt_id_column is not None and (
@@ -227,5 +123,16 @@ class E3GRPOConfig(GRPOConfig):
                 "e3_history_file must be a non-empty file name or None, got "
                 f"{self.e3_history_file!r}"
             )
-        if self.e3_seed is not None:
-            check_int("e3_seed", self.e3_seed)
+
+
+def e3_settings(config: E3GRPOConfig) -> E3Settings:
+    """The core :class:`~e3core.settings.E3Settings` an ``E3GRPOConfig`` spells (unvalidated).
+
+    Every setting is read from its ``e3_`` field, the initial temperature from TRL's
+    ``temperature``.
+    """
+    values = {
+        f.name: getattr(config, TRL_NAMES.get(f.name, PREFIX + f.name))
+        for f in dataclasses.fields(E3Settings)
+    }
+    return E3Settings(**values)

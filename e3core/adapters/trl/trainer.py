@@ -13,8 +13,10 @@ At each generation step (Liao et al., arXiv 2505.18573, Alg. 1):
    and kwargs, the vLLM sampler, and the fused LM head that computes training log-probs and
    entropy, so a buffered batch trains at the temperature it was sampled at.
 4. TRL generates and scores; the advantages are then recomputed over the gathered rewards by
-   prompt group of any size (:func:`e3core.group_advantages`), the fixed-group metrics are
-   recomputed, and the rewards go to the difficulty tracker. Both of TRL's
+   prompt group of any size (:func:`e3core.group_advantages`, with ``e3_baseline``'s baseline:
+   ``mean`` as TRL's GRPO, or RLOO's ``leave_one_out``, which also applies with
+   ``e3_enabled=False``), the fixed-group metrics are recomputed, and the rewards go to the
+   difficulty tracker. Both of TRL's
    ``multi_objective_aggregation`` modes are reproduced over uneven groups.
 5. The step's ``e3/`` metrics go to TRL's logger (counters and state values such as ``e3/step``
    are logged as their last value, see :data:`LAST_VALUE_METRICS`), to
@@ -44,12 +46,11 @@ import torch
 from accelerate.utils import broadcast_object_list, gather_object
 from trl import GRPOTrainer
 
-from e3core.adapters.trl.config import E3GRPOConfig
+from e3core.adapters.trl.config import PREFIX, E3GRPOConfig, e3_settings
 from e3core.adapters.trl.history import HistoryCsv
 from e3core.advantages import group_advantages, group_loss_weights
 from e3core.prompt_keys import prompt_key
 from e3core.scheduler import E3Scheduler
-from e3core.settings import E3Settings
 
 __all__ = [
     "DEFAULT_PROMPT_ID_COLUMN",
@@ -152,39 +153,6 @@ def fused_head_temperature(model: torch.nn.Module) -> float:
     return float(_fused_head_cell(model).cell_contents)
 
 
-def e3_settings(args: E3GRPOConfig) -> E3Settings:
-    """The core :class:`~e3core.settings.E3Settings` an ``E3GRPOConfig``'s ``e3_`` fields spell."""
-    return E3Settings(
-        allocator=args.e3_allocator,
-        value=args.e3_value,
-        min_per_prompt=args.e3_min_per_prompt,
-        max_per_prompt=args.e3_max_per_prompt,
-        success_threshold=args.e3_success_threshold,
-        prior_alpha=args.e3_prior_alpha,
-        prior_beta=args.e3_prior_beta,
-        decay=args.e3_decay,
-        prior_kind=args.e3_prior_kind,
-        refit_every=args.e3_refit_every,
-        refit_min_prompts=args.e3_refit_min_prompts,
-        rank_by=args.e3_rank_by,
-        steps_per_epoch=args.e3_steps_per_epoch,
-        widen_per_epoch=args.e3_widen_per_epoch,
-        widen_min=args.e3_widen_min,
-        widen_max=args.e3_widen_max,
-        controller=args.e3_controller,
-        target_entropy=args.e3_target_entropy,
-        warmup_steps=args.e3_warmup_steps,
-        kp=args.e3_kp,
-        ki=args.e3_ki,
-        initial_temperature=args.temperature,
-        min_temperature=args.e3_min_temperature,
-        max_temperature=args.e3_max_temperature,
-        anneal_final_ratio=args.e3_anneal_final_ratio,
-        loss_weighting=args.e3_loss_weighting,
-        seed=args.e3_seed,
-    )
-
-
 def build_scheduler(
     args: E3GRPOConfig,
     *,
@@ -210,7 +178,7 @@ def build_scheduler(
         total_steps=total_steps,
         steps_per_epoch=steps_per_epoch,
         seed=args.seed,
-        prefix="e3_",
+        prefix=PREFIX,
     )
 
 
@@ -354,11 +322,15 @@ def normalize_then_sum_advantages(
     rewards_per_func: torch.Tensor,
     weights: torch.Tensor,
     group_ids: Any,
+    *,
+    baseline: str = "mean",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""TRL's ``multi_objective_aggregation="normalize_then_sum"`` over groups of any size.
 
     Each reward function's rewards are normalised within their prompt group,
-    :math:`z_{jk} = (r_{jk} - \bar r_{gk}) / (\sigma_{gk} + 10^{-4})` (unbiased
+    :math:`z_{jk} = (r_{jk} - b_{jk}) / (\sigma_{gk} + 10^{-4})`, with :math:`b_{jk}` the group
+    mean :math:`\bar r_{gk}` (``baseline="mean"``, TRL's) or the leave-one-out mean
+    (``"leave_one_out"``, see :func:`e3core.group_advantages`) (unbiased
     :math:`\sigma`, over the rows function :math:`k` scored; 0 in a group of one or of equal
     rewards), summed with the reward weights, :math:`s_j = \sum_k w_k z_{jk}`, and the sums are
     normalised once more over the whole batch, :math:`A_j = (s_j - \bar s) / (\sigma_s +
@@ -369,6 +341,7 @@ def normalize_then_sum_advantages(
         rewards_per_func: ``(N, K)`` rewards, NaN where a function returned None.
         weights: ``(K,)`` reward weights.
         group_ids: ``N`` group labels (the prompt of each row).
+        baseline: ``"mean"`` or ``"leave_one_out"``.
 
     Returns:
         The ``(N,)`` advantages and the batch standard deviation :math:`\sigma_s` (a 0-d
@@ -391,7 +364,7 @@ def normalize_then_sum_advantages(
         column = rewards_per_func[:, f]
         ok = ~torch.isnan(column)
         if bool(ok.any()):
-            z = group_advantages(column[ok], gids[ok], scale="std", eps=_EPS)
+            z = group_advantages(column[ok], gids[ok], baseline=baseline, scale="std", eps=_EPS)
             summed[ok] += w[f] * z.to(summed)
     scored = ~torch.isnan(rewards_per_func).all(dim=1)
     advantages = torch.zeros_like(summed)
@@ -461,7 +434,6 @@ class E3GRPOTrainer(GRPOTrainer):
         self._e3_id_column = self._e3_resolve_id_column()
         self._e3_scheduler: E3Scheduler | None = scheduler
         self._e3_entropies: list[float] = []
-        self._e3_skipped_entropies = 0
         self._e3_rewards: torch.Tensor | None = None
         self._e3_generation = 0
         self._e3_resume_step: int | None = None
@@ -584,12 +556,19 @@ class E3GRPOTrainer(GRPOTrainer):
         """TRL's loss; the entropy it logs is kept for the temperature controller."""
         loss = super()._compute_loss(model, inputs)
         if self.model.training and self._metrics[_TRAIN]["entropy"]:
-            value = float(self._metrics[_TRAIN]["entropy"][-1])
-            if math.isfinite(value) and value > 0:
-                self._e3_entropies.append(value)
-            else:  # an all-masked micro-batch has no entropy to report
-                self._e3_skipped_entropies += 1
+            self._e3_entropies.append(float(self._metrics[_TRAIN]["entropy"][-1]))
         return loss
+
+    def _e3_step_entropy(self) -> float | None:
+        """The mean entropy of the micro-batches since the last generation (then forgotten).
+
+        A micro-batch whose tokens are all masked has no entropy (NaN or 0) and is left out of
+        the mean; when none has one, the step's entropy is None, which the scheduler skips and
+        counts (``e3/entropy_skipped``).
+        """
+        valid = [h for h in self._e3_entropies if math.isfinite(h) and h > 0]
+        self._e3_entropies.clear()
+        return float(np.mean(valid)) if valid else None
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         if not self.model.training:
@@ -597,13 +576,8 @@ class E3GRPOTrainer(GRPOTrainer):
         scheduler = self.e3_scheduler
         g = self.num_generations
         metrics: dict[str, float] = {}
-        if self._e3_entropies:
-            entropy = float(np.mean(self._e3_entropies))
-            self._e3_entropies.clear()
-            if self.args.e3_enabled:
-                metrics.update(scheduler.observe_entropy(entropy))
-            else:
-                metrics["e3/entropy"] = entropy
+        if self._e3_entropies:  # the updates since the last generation (none before the first)
+            metrics.update(scheduler.observe_entropy(self._e3_step_entropy()))
 
         rows = gather_object(inputs)
         if len(rows) % g:
@@ -652,18 +626,14 @@ class E3GRPOTrainer(GRPOTrainer):
         group_ids = np.repeat(np.arange(num), counts)
         scored = ~torch.isnan(rewards).cpu().numpy()
 
-        if self.args.e3_enabled:
+        if self.args.e3_enabled or self.args.e3_baseline != "mean":  # TRL's own: mean baseline
             self._e3_replace_advantages(output, per_func, rewards, group_ids, scored)
 
         r = rewards.cpu().double().numpy()
         metrics.update(
             scheduler.observe([slots[k] for k in range(num)], r[scored], group_ids[scored])
         )
-        metrics["e3/count_std"] = float(counts.std())
-        metrics["e3/count_median"] = float(np.median(counts))
         metrics["e3/unscored"] = float((~scored).sum())
-        metrics["e3/entropy_skipped"] = float(self._e3_skipped_entropies)
-        metrics["e3/sample_temperature"] = float(self.temperature)
         for key, value in metrics.items():
             self._metrics[_TRAIN][key].append(value)
         mean_reward = float(np.nanmean(r)) if scored.any() else float("nan")
@@ -724,7 +694,9 @@ class E3GRPOTrainer(GRPOTrainer):
         ``sum_then_normalize`` follows ``scale_rewards`` (group std, batch std or none, TRL's
         eps of 1e-4) on the weighted sum ``rewards``; ``normalize_then_sum`` normalises each
         function per group, sums and normalises over the batch
-        (:func:`normalize_then_sum_advantages`). ``e3_loss_weighting='prompt'`` then scales
+        (:func:`normalize_then_sum_advantages`). Wherever TRL subtracts the group mean,
+        ``e3_baseline`` decides the baseline (``mean``: TRL's GRPO; ``leave_one_out``: RLOO's
+        mean of the group's other completions). ``e3_loss_weighting='prompt'`` then scales
         each prompt's advantages so that every prompt weighs the same.
 
         Args:
@@ -741,7 +713,9 @@ class E3GRPOTrainer(GRPOTrainer):
         """
         if self.multi_objective_aggregation == "normalize_then_sum":
             weights = self.reward_weights.to(rewards_per_func)
-            advantages, std = normalize_then_sum_advantages(rewards_per_func, weights, group_ids)
+            advantages, std = normalize_then_sum_advantages(
+                rewards_per_func, weights, group_ids, baseline=self.args.e3_baseline
+            )
             zero = torch.isclose(std, torch.zeros_like(std))
             zero_std = float(zero.float())
         else:
@@ -752,10 +726,11 @@ class E3GRPOTrainer(GRPOTrainer):
                 r = rewards[mask]
                 gids = torch.as_tensor(group_ids[scored], device=rewards.device)
                 scale = self.scale_rewards
+                baseline = self.args.e3_baseline
                 if scale == "group":
-                    adv = group_advantages(r, gids, scale="std", eps=_EPS)
+                    adv = group_advantages(r, gids, baseline=baseline, scale="std", eps=_EPS)
                 else:
-                    adv = group_advantages(r, gids, scale="none")
+                    adv = group_advantages(r, gids, baseline=baseline, scale="none")
                     if scale == "batch" and r.numel() > 1:
                         adv = adv / (r.std() + _EPS)
                 advantages[mask] = adv
@@ -817,25 +792,22 @@ class E3GRPOTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ checkpoints
     def e3_state_dict(self) -> dict[str, Any]:
-        """The adapter's resumable state: the scheduler, the pending entropies, the counters."""
+        """The adapter's resumable state, as plain data: the scheduler, the pending entropies."""
         return {
-            "version": 2,
             "scheduler": self.e3_scheduler.state_dict(),
             "pending_entropies": list(self._e3_entropies),
-            "skipped_entropies": self._e3_skipped_entropies,
             "temperature": float(self.temperature),
             "generation": self._e3_generation,
         }
 
-    def e3_load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`e3_state_dict` exactly.
-
-        A version-1 state (no generation counter) counts generations from the scheduler's step.
-        """
+    def e3_load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`e3_state_dict` exactly (the scheduler checks its state's version)."""
+        missing = {"scheduler", "pending_entropies", "temperature", "generation"} - set(state)
+        if missing:
+            raise ValueError(f"the {SCHEDULER_FILE} state is missing keys {sorted(missing)}")
         self.e3_scheduler.load_state_dict(state["scheduler"])
         self._e3_entropies = [float(x) for x in state["pending_entropies"]]
-        self._e3_skipped_entropies = int(state["skipped_entropies"])
-        self._e3_generation = int(state.get("generation", self.e3_scheduler.step))
+        self._e3_generation = int(state["generation"])
         if self.args.e3_enabled:
             self.set_temperature(state["temperature"])
 
@@ -861,4 +833,4 @@ class E3GRPOTrainer(GRPOTrainer):
                 SCHEDULER_FILE,
             )
             return
-        self.e3_load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
+        self.e3_load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

@@ -28,8 +28,7 @@ import numpy as np
 import torch
 
 from e3core._validation import check_choice
-from e3core.advantages import group_advantages, group_loss_weights
-from e3core.settings import BASELINES, WEIGHTING
+from e3core.advantages import BASELINES, LOSS_WEIGHTINGS, group_advantages, group_loss_weights
 
 __all__ = ["ESTIMATOR_NAME", "compute_e3_grpo_advantage", "register_estimator"]
 
@@ -89,7 +88,9 @@ def compute_e3_grpo_advantage(
         "algorithm.e3_baseline", _setting(config, "e3_baseline", "mean"), BASELINES
     )
     weighting = check_choice(
-        "algorithm.e3_loss_weighting", _setting(config, "e3_loss_weighting", "sample"), WEIGHTING
+        "algorithm.e3_loss_weighting",
+        _setting(config, "e3_loss_weighting", "sample"),
+        LOSS_WEIGHTINGS,
     )
     with torch.no_grad():
         scores = token_level_rewards.sum(dim=-1)

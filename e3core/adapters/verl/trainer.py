@@ -2,7 +2,7 @@ r"""``e3_sync``: verl's synchronous V1 trainer with E3 allocation and temperatur
 
 Selected with ``trainer.use_v1=True trainer.v1.trainer_mode=e3_sync`` on verl's own launcher
 (``python -m verl.trainer.main_ppo``); the settings are a top-level ``e3`` group
-(``+e3.allocator=rank``, see :class:`e3core.settings.E3Settings`, plus ``e3.prompt_key``). One
+(``+e3.allocator=rank``, see :class:`e3core.settings.E3Settings`, plus ``e3.prompt_id_key``). One
 scheduler lives on the driver, so every worker samples and trains at the same temperature.
 Each step (E3, Liao et al., arXiv 2505.18573, Alg. 1):
 
@@ -16,9 +16,11 @@ Each step (E3, Liao et al., arXiv 2505.18573, Alg. 1):
 2. verl's own step runs (rewards, log-probs, advantages with ``algorithm.adv_estimator=e3_grpo``
    over the uneven uid groups, the update).
 3. The sequence rewards are read back by uid, mapped to the prompts' stable ids and fed to
-   ``scheduler.observe`` with ``actor/entropy`` (the mean token entropy of this step's
-   completions at :math:`T_t`, computed by verl with the old log-probs); the controller sets
-   :math:`T_{t+1}`. ``e3/`` metrics go to verl's logger.
+   ``scheduler.observe``, and ``actor/entropy`` (the mean token entropy of this step's
+   completions at :math:`T_t`, computed by verl with the old log-probs) to
+   ``scheduler.observe_entropy``, which sets :math:`T_{t+1}` (a missing one is skipped and
+   counted there). The scheduler's ``e3/`` metrics, and ``e3/failed_prompts``, go to verl's
+   logger.
 
 ``trainer_mode`` reads ``"sync"`` inside the trainer, so verl's sync-only paths (replay buffer,
 checkpoints) are the ones taken. The scheduler's state is saved as ``e3_scheduler.pt`` in every
@@ -51,13 +53,20 @@ from e3core.prompt_keys import prompt_key
 from e3core.scheduler import E3Scheduler
 from e3core.settings import E3Settings
 
-__all__ = ["STATE_FILE", "TRAINER_NAME", "E3PPOTrainerSync", "read_e3_config"]
+__all__ = ["PROMPT_ID_KEY", "STATE_FILE", "TRAINER_NAME", "E3PPOTrainerSync", "read_e3_config"]
 
 logger = logging.getLogger(__name__)
 
 TRAINER_NAME = "e3_sync"
 STATE_FILE = "e3_scheduler.pt"
-_ADAPTER_KEYS = ("prompt_key",)
+_ENTROPY_HINT = "verl reported no positive actor/entropy for this step's update."
+PROMPT_ID_KEY = "prompt_id_key"
+"""The ``e3`` key (not an :class:`E3Settings` field) naming the batch field of a prompt's id."""
+_RENAMED = {"prompt_key": PROMPT_ID_KEY}
+_NAMES = {
+    "rollouts_per_prompt": "actor_rollout_ref.rollout.n",
+    "initial_temperature": "actor_rollout_ref.rollout.temperature",
+}
 
 
 def _given_settings(config: DictConfig) -> set[str]:
@@ -68,13 +77,14 @@ def _given_settings(config: DictConfig) -> set[str]:
 def read_e3_config(config: DictConfig) -> tuple[E3Settings, str]:
     """The validated :class:`E3Settings` and prompt-id field of a verl config's ``e3`` group.
 
-    ``e3.prompt_key`` names the dataset field that identifies a prompt across steps (default
-    ``raw_prompt``: a 63-bit hash of the chat; a scalar field such as ``index`` is used as is,
-    but verl's ``index`` is 0 for every row whose ``extra_info`` has none). The initial
-    temperature is ``actor_rollout_ref.rollout.temperature``. ``e3.loss_weighting`` and
-    ``e3.baseline`` are handed to the ``e3_grpo`` estimator as ``algorithm.e3_loss_weighting``
-    and ``algorithm.e3_baseline`` when the trainer starts (setting both spellings differently is
-    an error).
+    ``e3.prompt_id_key`` names the dataset field that identifies a prompt across steps (default
+    ``raw_prompt``: a 63-bit hash of the chat, :func:`e3core.prompt_key`; a scalar field such
+    as ``index`` is used as is, but verl's ``index`` is 0 for every row whose ``extra_info`` has
+    none). The initial temperature is ``actor_rollout_ref.rollout.temperature`` unless
+    ``e3.initial_temperature`` is given; messages name verl's settings where they set a bound.
+    ``e3.loss_weighting`` and ``e3.baseline`` are handed to the ``e3_grpo`` estimator as
+    ``algorithm.e3_loss_weighting`` and ``algorithm.e3_baseline`` when the trainer starts
+    (setting both spellings differently is an error).
 
     Raises:
         ValueError, TypeError: A bad or unknown setting, named as ``e3.<name>``.
@@ -86,13 +96,20 @@ def read_e3_config(config: DictConfig) -> tuple[E3Settings, str]:
             raise TypeError(f"e3 must be a mapping of settings, got {raw!r}")
         data = OmegaConf.to_container(raw, resolve=True) if isinstance(raw, DictConfig) else raw
         data = dict(data)
-    field = data.pop("prompt_key", "raw_prompt")
+    for old, new in _RENAMED.items():
+        if old in data:
+            raise ValueError(f"e3.{old} is now e3.{new}: rename it (got e3.{old}={data[old]!r})")
+    field = data.pop(PROMPT_ID_KEY, "raw_prompt")
     if not isinstance(field, str) or not field:
-        raise TypeError(f"e3.prompt_key must be a dataset field name, got {field!r}")
-    data.setdefault("initial_temperature", float(config.actor_rollout_ref.rollout.temperature))
+        raise TypeError(f"e3.{PROMPT_ID_KEY} must be a dataset field name, got {field!r}")
+    names = dict(_NAMES)
+    if "initial_temperature" in data:
+        del names["initial_temperature"]
+    else:
+        data["initial_temperature"] = float(config.actor_rollout_ref.rollout.temperature)
     settings = E3Settings.from_mapping(data, prefix="e3.")
     g = int(config.actor_rollout_ref.rollout.n)
-    return settings.validate(g, prefix="e3."), field
+    return settings.validate(g, prefix="e3.", names=names), field
 
 
 def _install_manager(config: DictConfig) -> None:
@@ -154,7 +171,7 @@ class E3PPOTrainerSync(PPOTrainerSync):
     """verl's ``PPOTrainerSync`` with E3 (see the module docstring for the per-step loop)."""
 
     def __init__(self, config: DictConfig):
-        self.e3_settings, self.e3_prompt_field = read_e3_config(config)
+        self.e3_settings, self.e3_prompt_id_key = read_e3_config(config)
         _sync_estimator_settings(config, self.e3_settings, _given_settings(config))
         _install_manager(config)
         estimator = str(config.algorithm.adv_estimator)
@@ -169,8 +186,6 @@ class E3PPOTrainerSync(PPOTrainerSync):
         super().__init__(config)
         self._e3_scheduler: E3Scheduler | None = None
         self._e3_pending: dict[str, Any] = {}
-        self._e3_step_temperature: float | None = None
-        self._e3_warned_entropy = False
 
     # verl's base class branches on ``trainer_mode == "sync"``; this trainer is synchronous.
     @property
@@ -199,12 +214,12 @@ class E3PPOTrainerSync(PPOTrainerSync):
 
     def e3_prompt_ids(self, batch: Any) -> list[Any]:
         """The stable prompt ids of a dataloader batch (see :func:`read_e3_config`)."""
-        if self.e3_prompt_field not in batch:
+        if self.e3_prompt_id_key not in batch:
             raise KeyError(
-                f"e3.prompt_key={self.e3_prompt_field!r} is not a field of the training batch "
-                f"(fields: {sorted(batch.keys())})"
+                f"e3.{PROMPT_ID_KEY}={self.e3_prompt_id_key!r} is not a field of the training "
+                f"batch (fields: {sorted(batch.keys())})"
             )
-        column = batch[self.e3_prompt_field]
+        column = batch[self.e3_prompt_id_key]
         ids: list[Any] = []
         for i in range(len(batch)):
             value = column[i]
@@ -226,7 +241,6 @@ class E3PPOTrainerSync(PPOTrainerSync):
         batch[ROLLOUT_N_FIELD] = torch.as_tensor(plan.counts, dtype=torch.int64)
         batch[TEMPERATURE_FIELD] = torch.full((size,), float(plan.temperature), dtype=torch.float64)
         _set_driver_temperature(self.config, plan.temperature)
-        self._e3_step_temperature = float(plan.temperature)
         for uid, pid in zip(list(batch["uid"]), ids, strict=True):
             self._e3_pending[str(uid)] = pid
         return batch
@@ -281,21 +295,9 @@ class E3PPOTrainerSync(PPOTrainerSync):
         step_rewards = np.asarray(rewards, dtype=np.float64)[chosen]
         failed = len(set(self._e3_pending) - set(order))
         self._e3_pending.clear()
-        value = None
-        if entropy is not None and np.isfinite(entropy) and entropy > 0:
-            value = float(entropy)
-        elif not self._e3_warned_entropy and self.e3_scheduler.controller is not None:
-            logger.warning(
-                "no positive actor/entropy this step (got %r): the temperature is not updated",
-                entropy,
-            )
-            self._e3_warned_entropy = True
-        out = self.e3_scheduler.observe(prompt_ids, step_rewards, group_ids, entropy=value)
-        out["e3/sample_temperature"] = float(self._e3_step_temperature or 0.0)
+        out = self.e3_scheduler.observe(prompt_ids, step_rewards, group_ids)
+        out.update(self.e3_scheduler.observe_entropy(entropy, hint=_ENTROPY_HINT))
         out["e3/failed_prompts"] = float(failed)
-        counts = np.bincount(group_ids, minlength=len(prompt_ids))
-        out["e3/count_std"] = float(counts.std()) if len(counts) else 0.0
-        out["e3/count_median"] = float(np.median(counts)) if len(counts) else 0.0
         return out
 
     def fit(self, agent_loop_manager: Any) -> None:
@@ -311,7 +313,7 @@ class E3PPOTrainerSync(PPOTrainerSync):
     # ------------------------------------------------------------------ checkpoints
     def e3_state_dict(self) -> dict[str, Any]:
         """What a resumed run needs: the scheduler's state (tracker, controller, bounds)."""
-        return {"version": 1, "scheduler": self.e3_scheduler.state_dict()}
+        return {"scheduler": self.e3_scheduler.state_dict()}
 
     def e3_load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`e3_state_dict` and the driver's temperature."""
@@ -334,7 +336,7 @@ class E3PPOTrainerSync(PPOTrainerSync):
         if self.global_steps > 0:
             path = os.path.join(_checkpoint_folder(self.config, self.global_steps), STATE_FILE)
             if os.path.exists(path):
-                self.e3_load_state_dict(torch.load(path, weights_only=False))
+                self.e3_load_state_dict(torch.load(path, weights_only=True))
                 logger.info("e3: restored the scheduler from %s", path)
             else:
                 logger.warning(

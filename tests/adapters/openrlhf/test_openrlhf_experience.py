@@ -18,27 +18,26 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
 from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
-from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
 from orlhf_fixtures import FakeEngine, make_args, prompt_loader
 
-from e3core import group_advantages, group_loss_weights
+from e3core import group_advantages, group_loss_weights, prompt_key
 from e3core.adapters.openrlhf.experience import E3ExperienceMaker, shaped_group_rewards
-from e3core.adapters.openrlhf.generator import E3SamplesGenerator, sample_prompt_key
+from e3core.adapters.openrlhf.generator import PROMPT_KEY_INFO, E3SamplesGenerator
 from e3core.settings import E3Settings
 
 ESTIMATORS = ["group_norm", "dr_grpo", "rloo"]
 
 
 def _samples(args, e3: bool, prompts: int):
+    """Samples of E3's generator: uneven groups (``e3``), or E3 disabled (upstream's groups)."""
     engines = [FakeEngine.remote() for _ in range(2)]
     common = (NS(args=args), prompt_loader(prompts), None, NS(pad_token_id=0), engines)
+    n = args.rollout.n_samples_per_prompt
+    sched = E3Settings(enabled=e3, max_per_prompt=10).build_scheduler(n)
     if e3:
-        sched = E3Settings(max_per_prompt=10).build_scheduler(args.rollout.n_samples_per_prompt)
-        keys = [sample_prompt_key(f"p{i}") for i in range(prompts)]
+        keys = [prompt_key(f"p{i}") for i in range(prompts)]
         sched.tracker.update(keys, 2.0 * (np.arange(prompts) % 5), np.full(prompts, 8.0))
-        gen = E3SamplesGenerator(*common, scheduler=sched)
-    else:
-        gen = SamplesGenerator(*common)
+    gen = E3SamplesGenerator(*common, scheduler=sched)
     samples, *_ = gen.generate_samples(temperature=1.0, max_len=64, max_new_tokens=8)
     return samples
 
@@ -67,6 +66,7 @@ def test_equal_groups_match_upstream(local_ray, estimator):
         torch.testing.assert_close(a.returns, b.returns)
         torch.testing.assert_close(a.info["return"], b.info["return"])
         torch.testing.assert_close(a.info["group_reward_std"], b.info["group_reward_std"])
+        assert PROMPT_KEY_INFO not in a.info  # the carried keys are used, then never logged
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)

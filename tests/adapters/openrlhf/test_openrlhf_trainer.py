@@ -18,9 +18,10 @@ import torch
 from openrlhf.trainer.ppo_trainer import PPOTrainer
 from orlhf_fixtures import make_args, prompt_loader
 
+from e3core import prompt_key
 from e3core.adapters.openrlhf import launcher
 from e3core.adapters.openrlhf.experience import E3ExperienceMaker
-from e3core.adapters.openrlhf.generator import E3SamplesGenerator, sample_prompt_key
+from e3core.adapters.openrlhf.generator import PROMPT_KEY_INFO, E3SamplesGenerator
 from e3core.adapters.openrlhf.trainer import STATE_KEY, E3PPOTrainerBase, read_e3_args
 
 UPSTREAM = PPOTrainer.__ray_actor_class__
@@ -79,7 +80,15 @@ def _trainer(monkeypatch, local_ray, **e3):
 
 
 def _samples(prompts_and_rewards):
-    return [NS(prompts=[p], rewards=torch.tensor([r])) for p, r in prompts_and_rewards]
+    """Samples as E3SamplesGenerator makes them: each carries its prompt's key."""
+    return [
+        NS(
+            prompts=[p],
+            rewards=torch.tensor([r]),
+            info={PROMPT_KEY_INFO: torch.tensor([prompt_key(p)])},
+        )
+        for p, r in prompts_and_rewards
+    ]
 
 
 def test_init_installs_e3_generator_maker_and_scheduler(monkeypatch, local_ray):
@@ -107,9 +116,7 @@ def test_train_step_sets_temperature_before_upstream_then_observes(monkeypatch, 
     status, step = trainer.train_step(samples, 5)
     assert step == 6 and seen == {"actor": 1.2, "ref": 1.2}
     assert status["e3/sample_temperature"] == 1.2 and status["e3/entropy"] == 0.3
-    post = trainer.e3_scheduler.tracker.posterior(
-        [sample_prompt_key(p) for p in ("p1", "p2", "p3")]
-    )
+    post = trainer.e3_scheduler.tracker.posterior([prompt_key(p) for p in ("p1", "p2", "p3")])
     np.testing.assert_allclose(post.alpha, [1 + 2, 1 + 1, 1 + 0])
     np.testing.assert_allclose(post.beta, [1 + 1, 1 + 0, 1 + 1])
     assert trainer.e3_scheduler.temperature != 1.2  # the controller reacted to the entropy
@@ -128,7 +135,7 @@ def test_checkpoint_round_trip_resumes_the_scheduler(monkeypatch, local_ray):
     rng = np.random.default_rng(0)
     for step in range(3):
         batch = [f"p{i}" for i in range(4 * step, 4 * step + 4)]
-        plan = trainer.e3_scheduler.plan([sample_prompt_key(p) for p in batch])
+        plan = trainer.e3_scheduler.plan([prompt_key(p) for p in batch])
         pairs = [
             (p, float(rng.random() < 0.5)) for p, c in zip(batch, plan.counts) for _ in range(c)
         ]
@@ -141,7 +148,7 @@ def test_checkpoint_round_trip_resumes_the_scheduler(monkeypatch, local_ray):
     resumed, _, _ = _trainer(monkeypatch, local_ray, target_entropy=0.5)
     resumed.restore_best_checkpoint_state(states)
     assert resumed.samples_generator.e3_temperature == trainer.e3_scheduler.temperature
-    keys = [sample_prompt_key(f"p{i}") for i in range(4)]
+    keys = [prompt_key(f"p{i}") for i in range(4)]
     a, b = trainer.e3_scheduler.plan(keys), resumed.e3_scheduler.plan(keys)
     assert a.counts.tolist() == b.counts.tolist() and a.temperature == b.temperature
 
@@ -152,13 +159,40 @@ def test_checkpoint_round_trip_resumes_the_scheduler(monkeypatch, local_ray):
         ({"estimator": "gae"}, "estimator"),
         ({"e3": {"allocator": "greedy"}}, r"--e3\.allocator"),
         ({"e3": {"alocator": "rank"}}, r"--e3\.alocator"),
-        ({"e3": {"min_per_prompt": 9}}, r"--e3\.min_per_prompt"),
+        (
+            {"e3": {"min_per_prompt": 9}},
+            r"--e3\.min_per_prompt must be <= --rollout\.n_samples_per_prompt \(4\), got 9",
+        ),
+        (
+            {"temperature": 2.0},
+            r"--rollout\.temperature must be <= --e3\.max_temperature \(1\.5\), got 2\.0 "
+            r"\(or set --e3\.controller none\)",
+        ),
+        # OpenRLHF's estimator decides the baseline: another --e3.baseline is refused
+        ({"e3": {"baseline": "leave_one_out"}}, r"--e3\.baseline='leave_one_out' cannot be"),
+        (
+            {"estimator": "rloo", "e3": {"baseline": "mean"}},
+            r"--algo\.advantage\.estimator='rloo', whose baseline is 'leave_one_out'",
+        ),
     ],
 )
 def test_bad_settings_are_named(change, match):
     args = make_args(**change)
     with pytest.raises(ValueError, match=match):
         read_e3_args(args)
+
+
+@pytest.mark.parametrize(
+    ("estimator", "given", "baseline"),
+    [
+        ("group_norm", {}, "mean"),
+        ("dr_grpo", {"baseline": "mean"}, "mean"),
+        ("rloo", {}, "leave_one_out"),
+        ("rloo", {"baseline": "leave_one_out"}, "leave_one_out"),
+    ],
+)
+def test_settings_carry_the_estimators_baseline(estimator, given, baseline):
+    assert read_e3_args(make_args(estimator=estimator, e3=given)).baseline == baseline
 
 
 def test_async_trainer_is_refused():

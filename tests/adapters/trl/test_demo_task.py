@@ -1,4 +1,6 @@
-import math
+"""The demo's task: tokenizer, model, addition problems, held-out split, dataset, reward."""
+
+import re
 import types
 
 import numpy as np
@@ -7,34 +9,29 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from trl import GRPOTrainer
+from trl_tiny import parse_sum
 
-from e3core.adapters.trl.demo_task import (
+from e3core.adapters.trl import demo
+from e3core.adapters.trl.demo import (
     ALPHABET,
-    EvalResult,
-    _warm_start_problems,
     build_model,
     build_tokenizer,
-    evaluate,
-    exact_match_reward,
-    format_table,
+    evaluation,
     in_eval_split,
     make_dataset,
     sample_problems,
-    save_plot,
-    summarize,
-    warm_start,
+    supervised,
+    task,
 )
+from e3core.adapters.trl.rewards import exact_reward
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
-
-
-def parse(prompt):
-    assert prompt.endswith("=")
-    a, b = prompt[:-1].split("+")
-    return int(a), int(b)
+def test_package_exports_every_public_name_of_its_modules():
+    names = [n for module in (task, supervised, evaluation) for n in module.__all__]
+    assert sorted(demo.__all__) == sorted(names) and len(set(names)) == len(names)
+    for module in (task, supervised, evaluation):
+        for name in module.__all__:
+            assert getattr(demo, name) is getattr(module, name)
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -129,21 +126,6 @@ def test_split_none_draws_from_both_splits():
     assert all(len(str(max(x, y))) == 2 for x, y in zip(a.tolist(), b.tolist()))
 
 
-def test_warm_start_problems_hold_out_all_but_one_digit_sums():
-    rng = np.random.default_rng(0)
-    digits = rng.choice([1, 2, 3], size=3000)
-    prompts, answers = _warm_start_problems(rng, digits)
-    seen_eval_one_digit = 0
-    for p, ans, d in zip(prompts, answers, digits):
-        a, b = parse(p)
-        assert ans == str(a + b) and len(str(max(a, b))) == d
-        if d >= 2:
-            assert not in_eval_split(a, b)
-        else:
-            seen_eval_one_digit += bool(in_eval_split(a, b))
-    assert seen_eval_one_digit > 0
-
-
 @given(st.integers(0, 10**8 - 1), st.integers(0, 10**8 - 1))
 def test_split_is_symmetric(a, b):
     assert in_eval_split(a, b) == in_eval_split(b, a)
@@ -163,7 +145,7 @@ def test_dataset_rows_are_correct(split):
     assert ds.column_names == ["prompt", "answer", "bucket", "digits"]
     counts = {}
     for row in ds:
-        a, b = parse(row["prompt"])
+        a, b = parse_sum(row["prompt"])
         assert row["answer"] == str(a + b)
         d = len(str(max(a, b)))
         assert row["bucket"] == f"{d}-digit" and row["digits"] == d
@@ -177,8 +159,8 @@ def test_dataset_rows_are_correct(split):
 def test_train_and_eval_are_disjoint():
     train = make_dataset(3000, seed=0, split="train")
     held = make_dataset(1000, seed=0, split="eval")
-    pairs = {frozenset(parse(p)) for p in train["prompt"]}
-    assert not pairs & {frozenset(parse(p)) for p in held["prompt"]}
+    pairs = {frozenset(parse_sum(p)) for p in train["prompt"]}
+    assert not pairs & {frozenset(parse_sum(p)) for p in held["prompt"]}
     # a harder bucket is diverse: few repeats among 3-digit eval problems
     three = [p for p, b in zip(held["prompt"], held["bucket"]) if b == "3-digit"]
     assert len(set(three)) > 0.95 * len(three)
@@ -204,221 +186,56 @@ def test_dataset_weights_and_errors():
 
 
 # ---------------------------------------------------------------- reward
+# The demo trains and evaluates with rewards.exact_reward. Before the split it had its own copy:
+# 1.0 if completion.strip() == str(answer).strip() else 0.0, on the text TRL decodes with
+# skip_special_tokens=True (so without eos). These tests hold exact_reward to that rule.
 
 
-def test_exact_match_reward():
-    completions = ["168", " 168\n", "1680", "16", "", "168 ", "0168"]
-    got = exact_match_reward(completions, ["168"] * len(completions), prompts=["x"] * 7)
-    assert got == [1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-    chat = [[{"role": "assistant", "content": "42"}], [{"role": "assistant", "content": "4"}]]
-    assert exact_match_reward(chat, ["42", "42"]) == [1.0, 0.0]
-    with pytest.raises(ValueError, match="same length, got 2 and 1"):
-        exact_match_reward(["1", "2"], ["1"])
-    with pytest.raises(TypeError, match="completions must hold strings"):
-        exact_match_reward([3], ["3"])
+def former_demo_reward(completions, answers):
+    """The demo's former exact-match rule, written plainly."""
+    return [1.0 if c.strip() == str(a).strip() else 0.0 for c, a in zip(completions, answers)]
 
 
-@given(st.lists(st.tuples(st.integers(0, 10**5), st.integers(0, 10**5)), max_size=20))
-def test_reward_is_exact_equality_of_numbers(pairs):
-    completions = [str(x) for x, _ in pairs]
-    answers = [str(y) for _, y in pairs]
-    assert exact_match_reward(completions, answers) == [float(x == y) for x, y in pairs]
-
-
-# ---------------------------------------------------------------- aggregation
+def test_exact_reward_scores_the_former_demo_cases():
+    completions = ["168", " 168\n", "1680", "16", "", "168 ", "0168", "\t168"]
+    answers = ["168"] * len(completions)
+    expected = [1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0]
+    assert former_demo_reward(completions, answers) == expected
+    assert exact_reward(prompts=["x"] * 8, completions=completions, answer=answers) == expected
 
 
 @given(
-    st.integers(1, 12).flatmap(
-        lambda n: st.lists(
-            st.tuples(st.sampled_from(["1-digit", "2-digit", "10-digit"]), st.integers(0, n)),
-            min_size=1,
-            max_size=30,
-        ).map(lambda rows: (n, rows))
+    st.lists(
+        st.tuples(st.text(alphabet=ALPHABET + " \n\t", max_size=8), st.integers(0, 10**5)),
+        max_size=20,
     )
 )
-def test_summarize_against_plain_loop(data):
-    n, rows = data
-    buckets = [b for b, _ in rows]
-    correct = [c for _, c in rows]
-    out = summarize(buckets, [n] * len(rows), correct, ks=(1, n))
-    names = [r["bucket"] for r in out]
-    expected_order = [b for b in ("1-digit", "2-digit", "10-digit") if b in buckets] + ["all"]
-    assert names == expected_order
-    for row in out:
-        members = [c for b, c in rows if row["bucket"] in (b, "all")]
-        assert row["prompts"] == len(members) and row["samples"] == n * len(members)
-        ref1 = sum(c / n for c in members) / len(members)
-        refk = sum(1 - math.comb(n - c, n) / math.comb(n, n) for c in members) / len(members)
-        assert row["pass@1"] == pytest.approx(ref1, abs=1e-12)
-        assert row[f"pass@{n}"] == pytest.approx(refk, abs=1e-12)
-        assert row["pass@1"] <= row[f"pass@{n}"] + 1e-12
+def test_exact_reward_equals_the_former_demo_rule(pairs):
+    completions = [c for c, _ in pairs]
+    answers = [str(a) for _, a in pairs]
+    got = exact_reward(prompts=None, completions=completions, answer=answers)
+    assert got == former_demo_reward(completions, answers)
 
 
-def test_summarize_all_correct_gives_one_and_errors():
-    rows = summarize(["a", "a", "b"], [8, 8, 8], [8, 8, 8], ks=(1, 4, 8))
-    assert all(r[key] == 1.0 for r in rows for key in ("pass@1", "pass@4", "pass@8"))
-    rows = summarize(["a"], [8], [0], ks=(1, 8))
-    assert rows[0]["pass@8"] == 0.0
-    with pytest.raises(ValueError, match="one length"):
-        summarize(["a"], [8, 8], [1, 1])
-    with pytest.raises(ValueError, match="k must be <= num_samples"):
-        summarize(["a"], [4], [1], ks=(8,))
-    with pytest.raises(ValueError, match="at least one prompt"):
-        summarize([], [], [])
-
-
-# ---------------------------------------------------------------- evaluate
-
-
-class ScriptedModel(torch.nn.Module):
-    """Answers a+b correctly in the first `right(a, b)` of its samples, else a+b+1."""
-
-    def __init__(self, tok, right):
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.zeros(1))
-        self.tok = tok
-        self.right = right
-        self.calls = []
-
-    def generate(self, input_ids, attention_mask, max_new_tokens, num_return_sequences, **kwargs):
-        self.calls.append({"training": self.training, "rows": len(input_ids), **kwargs})
-        out = []
-        for ids, mask in zip(input_ids, attention_mask):
-            a, b = parse(self.tok.decode(ids[mask.bool()], skip_special_tokens=True))
-            for r in range(num_return_sequences):
-                text = str(a + b) if r < self.right(a, b) else str(a + b + 1)
-                new = [*self.tok(text, add_special_tokens=False).input_ids, self.tok.eos_token_id]
-                new += [self.tok.pad_token_id] * (max_new_tokens - len(new))
-                out.append(ids.tolist() + new[:max_new_tokens])
-        return torch.tensor(out)
-
-
-def test_evaluate_counts_each_prompts_samples_exactly(tok):
-    ds = make_dataset(40, seed=2, split="eval")
-    model = ScriptedModel(tok, right=lambda a, b: len(str(max(a, b))) * 2 - 2)  # 0, 2, 4, 6 of 8
-    model.train()
-    result = evaluate(model, tok, ds, k=8, batch_size=7)
-    assert isinstance(result, EvalResult) and model.training
-    assert not any(call["training"] for call in model.calls)
-    assert all(call["do_sample"] and call["temperature"] == 1.0 for call in model.calls)
-    assert result.prompts == ds["prompt"] and result.buckets == ds["bucket"]
-    np.testing.assert_array_equal(result.num_samples, np.full(40, 8))
-    np.testing.assert_array_equal(result.num_correct, 2 * np.asarray(ds["digits"]) - 2)
-    assert result.rows == summarize(ds["bucket"], result.num_samples, result.num_correct, (1, 8))
-    by_bucket = {r["bucket"]: r for r in result.rows}
-    assert by_bucket["1-digit"]["pass@1"] == 0.0 and by_bucket["1-digit"]["pass@8"] == 0.0
-    assert by_bucket["3-digit"]["pass@1"] == pytest.approx(0.5)
-    assert by_bucket["4-digit"]["pass@8"] == 1.0
-
-
-def test_evaluate_oracle_gives_pass_at_k_one(tok):
-    ds = make_dataset(12, seed=3, split="eval")
-    result = evaluate(ScriptedModel(tok, right=lambda a, b: 99), tok, ds, k=4)
-    assert all(r["pass@1"] == 1.0 and r["pass@4"] == 1.0 for r in result.rows)
-    greedy = evaluate(ScriptedModel(tok, right=lambda a, b: 99), tok, ds, k=4, temperature=0.0)
-    np.testing.assert_array_equal(greedy.num_correct, np.full(12, 4))
-    with pytest.raises(ValueError, match="k must be >= 1, got 0"):
-        evaluate(ScriptedModel(tok, right=lambda a, b: 1), tok, ds, k=0)
-    with pytest.raises(ValueError, match="dataset must have a 'answer' column"):
-        evaluate(ScriptedModel(tok, right=lambda a, b: 1), tok, {"prompt": ["1+1="]})
-
-
-def test_evaluate_real_model_is_consistent_and_reproducible(tok):
-    model = build_model(tok, seed=0)
-    ds = make_dataset(24, seed=4, split="eval")
-    state = torch.get_rng_state()
-    one = evaluate(model, tok, ds, k=5, seed=11, batch_size=10)
-    assert torch.equal(state, torch.get_rng_state())
-    two = evaluate(model, tok, ds, k=5, seed=11, batch_size=10)
-    np.testing.assert_array_equal(one.num_correct, two.num_correct)
-    assert ((one.num_correct >= 0) & (one.num_correct <= 5)).all()
-    for row in one.rows:
-        assert 0.0 <= row["pass@1"] <= row["pass@5"] <= 1.0
-
-
-# ---------------------------------------------------------------- warm start
-
-
-def test_warm_start_learns_one_digit_sums(tok):
-    model = build_model(tok, seed=0)
-    ones = make_dataset(60, seed=7, digits=(1,), split="eval")
-    before = evaluate(model, tok, ones, k=4, seed=1).rows[-1]["pass@1"]
-    stats = warm_start(model, tok, steps=150, batch_size=32, digits=(1, 2), seed=0, progress=False)
-    assert stats["steps"] == 150 and not model.training
-    assert stats["final_loss"] < 0.75 * stats["initial_loss"]
-    after = evaluate(model, tok, ones, k=4, seed=1).rows[-1]["pass@1"]
-    chance = 1 / 19  # a uniform guess among the 19 possible sums 0..18
-    assert after > max(before, chance)
-
-
-def test_warm_start_easy_phase_then_full_mix(tok, monkeypatch):
-    import e3core.adapters.trl.demo_task as demo
-
-    seen = []
-    original = demo._warm_start_problems
-
-    def record(rng, digits):
-        seen.append(sorted(set(digits.tolist())))
-        return original(rng, digits)
-
-    monkeypatch.setattr(demo, "_warm_start_problems", record)
-    small = build_model(tok, seed=0, hidden_size=16, num_layers=1)
-    warm_start(small, tok, steps=10, batch_size=64, easy_fraction=0.5, progress=False)
-    assert len(seen) == 10
-    assert all(max(d) <= 2 for d in seen[:5])
-    assert all(max(d) >= 3 for d in seen[5:])
-    seen.clear()
-    warm_start(small, tok, steps=4, digits=(3, 4), easy_fraction=0.5, progress=False)
-    assert all(min(d) >= 3 for d in seen) and len(seen) == 4
-
-
-def test_warm_start_errors(tok):
-    model = build_model(tok, seed=0)
-    with pytest.raises(ValueError, match="seconds and steps must not both be None"):
-        warm_start(model, tok)
-    with pytest.raises(ValueError, match=r"seconds must be > 0\.0, got 0\.0"):
-        warm_start(model, tok, seconds=0.0)
-    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
-        warm_start(model, tok, steps=1, batch_size=0)
-    with pytest.raises(ValueError, match=r"decay_fraction must be <= 1\.0, got 1\.5"):
-        warm_start(model, tok, steps=1, decay_fraction=1.5)
-    stats = warm_start(model, tok, seconds=0.5, progress=False)
-    assert stats["steps"] >= 1 and stats["seconds"] >= 0.5
-
-
-# ---------------------------------------------------------------- table and plot
-
-
-def test_format_table():
-    before = summarize(["1-digit", "2-digit"], [8, 8], [4, 0], ks=(1, 8))
-    after = summarize(["1-digit", "2-digit"], [8, 8], [8, 2], ks=(1, 8))
-    text = format_table(before)
-    lines = text.splitlines()
-    assert lines[0].split() == ["bucket", "prompts", "pass@1", "pass@8"]
-    assert len({len(line) for line in lines}) == 1
-    assert lines[2].split() == ["1-digit", "1", "0.500", "1.000"]
-    both = format_table(before, after, labels=("pre", "post")).splitlines()
-    assert both[0].split() == [
-        "bucket",
-        "prompts",
-        *["pass@1", "pre", "pass@1", "post", "pass@8", "pre", "pass@8", "post"],
-    ]
-    assert both[-1].split() == ["all", "2", "0.250", "0.625", "0.500", "1.000"]
-    with pytest.raises(ValueError, match=r"missing \['2-digit', 'all'\]"):
-        format_table(before, after[:1])
-    with pytest.raises(ValueError, match="rows must hold at least one row"):
-        format_table([])
-
-
-def test_save_plot_tolerates_missing_keys(tmp_path):
-    history = [
-        {"step": i, "entropy": 0.3 - 0.01 * i, "reward": 0.1 * i, "e3/temperature": 1.0 + 0.02 * i}
-        for i in range(10)
-    ]
-    history[3]["e3/target_entropy"] = 0.25
-    history[4]["entropy"] = float("nan")
-    path = save_plot(history, tmp_path / "sub" / "plot.png")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    empty = save_plot([], tmp_path / "empty.png")
-    assert empty.stat().st_size > 0
+def test_exact_reward_on_decoded_demo_completions_as_trl_calls_it(tok):
+    # TRL decodes each completion (up to and including its eos) with skip_special_tokens=True
+    # and passes every dataset column as a keyword: here the demo's bucket and digits too.
+    rows = make_dataset(6, seed=9, split="train")
+    texts = list(rows["answer"])
+    texts[1] = texts[1][:-1]  # stopped one digit short
+    texts[2] = texts[2] + "0"  # one digit too many
+    ids = [[*tok(t, add_special_tokens=False).input_ids, tok.eos_token_id] for t in texts]
+    ids[3] = ids[3][:-1]  # no eos: cut by max_completion_length
+    completions = tok.batch_decode(ids, skip_special_tokens=True)
+    assert all(re.fullmatch(r"[0-9]*", c) for c in completions)
+    got = exact_reward(
+        prompts=rows["prompt"],
+        completions=completions,
+        completion_ids=ids,
+        answer=rows["answer"],
+        bucket=rows["bucket"],
+        digits=rows["digits"],
+        trainer_state=None,
+    )
+    assert got == [1.0, 0.0, 0.0, 1.0, 1.0, 1.0]
+    assert got == former_demo_reward(completions, rows["answer"])

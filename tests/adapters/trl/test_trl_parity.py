@@ -70,7 +70,7 @@ def make(tmp_path: Path, steps: int, prompts: int = 64, **overrides: Any) -> Rec
         "learning_rate": 1e-3,
         "e3_min_per_prompt": 1,
         "e3_max_per_prompt": 10,
-        "e3_prior_kind": "beta",
+        "e3_refit_prior": "beta",
         "e3_refit_every": None,
         "disable_tqdm": True,
         "seed": 0,

@@ -83,7 +83,7 @@ def make(
         "learning_rate": 1e-3,
         "e3_min_per_prompt": 1,
         "e3_max_per_prompt": 10,
-        "e3_prior_kind": "beta",
+        "e3_refit_prior": "beta",
         "e3_refit_every": None,
         "disable_tqdm": True,
         "seed": 0,
@@ -163,6 +163,24 @@ def test_prompt_weighting_scales_advantages(tmp_path: Path) -> None:
         np.testing.assert_allclose(adv.numpy(), base * weight, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("enabled", [True, False])
+def test_leave_one_out_baseline_reaches_the_advantages(tmp_path: Path, enabled: bool) -> None:
+    # e3_baseline is honoured with E3 off as well (TRL's own advantages use the group mean)
+    trainer = make(tmp_path, steps=3, e3_baseline="leave_one_out", e3_enabled=enabled)
+    trainer.train()
+    for step, rewards, adv in zip(trainer.e3_history, trainer.rec_rewards, trainer.rec_advantages):
+        gids = np.repeat(np.arange(B), step["counts"])
+        r = rewards.double().numpy()
+        for k in range(B):  # a plain loop: r_j minus the mean of the group's other rewards
+            sel = np.flatnonzero(gids == k)
+            if len(sel) < 2 or np.ptp(r[sel]) == 0:
+                np.testing.assert_allclose(adv.numpy()[sel], 0.0)
+                continue
+            others = (r[sel].sum() - r[sel]) / (len(sel) - 1)
+            ref = (r[sel] - others) / (r[sel].std(ddof=1) + 1e-4)
+            np.testing.assert_allclose(adv.numpy()[sel], ref, rtol=1e-5, atol=1e-6)
+
+
 def test_uniform_allocation_equals_trl_fixed_groups(tmp_path: Path) -> None:
     trainer = make(tmp_path, steps=3, e3_allocator="uniform")
     trainer.train()
@@ -217,7 +235,7 @@ def test_entropy_feeds_controller_one_step_late(tmp_path: Path) -> None:
 
 
 def _resume_settings() -> dict[str, Any]:
-    return {"save_strategy": "steps", "save_steps": 3, "e3_prior_kind": "grid"}
+    return {"save_strategy": "steps", "save_steps": 3, "e3_refit_prior": "grid"}
 
 
 def test_resume_plans_like_an_uninterrupted_run(tmp_path: Path) -> None:
@@ -227,7 +245,7 @@ def test_resume_plans_like_an_uninterrupted_run(tmp_path: Path) -> None:
     full.train()
     ckpt = tmp_path / "a" / "out" / "checkpoint-3"
     assert (ckpt / SCHEDULER_FILE).is_file()
-    state = torch.load(ckpt / SCHEDULER_FILE, weights_only=False)
+    state = torch.load(ckpt / SCHEDULER_FILE, weights_only=True)
     assert set(state) >= {"scheduler", "pending_entropies", "temperature"}
     assert state["scheduler"]["step"] == 3 and len(state["pending_entropies"]) == 1
 

@@ -9,7 +9,7 @@ import torch
 from datasets import Dataset
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from e3core.adapters.trl.demo_task import build_tokenizer
+from e3core.adapters.trl.demo import build_tokenizer
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
@@ -33,6 +33,13 @@ def tiny_model(seed: int = 0) -> Qwen2ForCausalLM:
         eos_token_id=2,
     )
     return Qwen2ForCausalLM(cfg)
+
+
+def parse_sum(prompt: str) -> tuple[int, int]:
+    """The addends of a demo prompt ``"a+b="``."""
+    assert prompt.endswith("="), prompt
+    a, b = prompt[:-1].split("+")
+    return int(a), int(b)
 
 
 def sum_dataset(num: int = 64, seed: int = 0) -> Dataset:

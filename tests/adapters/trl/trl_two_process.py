@@ -51,7 +51,7 @@ def main() -> None:
         learning_rate=1e-3,
         e3_min_per_prompt=1,
         e3_max_per_prompt=10,
-        e3_prior_kind="beta",
+        e3_refit_prior="beta",
         e3_refit_every=None,
         e3_target_entropy=50.0,
         disable_tqdm=True,

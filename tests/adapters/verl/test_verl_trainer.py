@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -17,6 +18,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from recipe_settings import verl_settings
 from verl.trainer.ppo.v1 import PPOTrainer, get_trainer_cls
 from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 from verl_fixtures import build_trainer, verl_config
@@ -24,7 +26,6 @@ from verl_fixtures import build_trainer, verl_config
 from e3core.adapters.verl import E3AgentLoopManager, E3PPOTrainerSync, read_e3_config
 from e3core.adapters.verl import trainer as trainer_module
 from e3core.prompt_keys import prompt_key
-from e3core.settings import E3Settings
 
 
 def _fake_rollouts(batch, rates: dict, rng: np.random.Generator):
@@ -238,9 +239,20 @@ def test_manager_class_setting_is_checked():
     [
         ("+e3.alocator=rank", ValueError, r"e3\.alocator"),
         ("+e3.allocator=greedy", ValueError, r"e3\.allocator"),
-        ("+e3.min_per_prompt=5", ValueError, r"e3\.min_per_prompt"),
+        (
+            "+e3.min_per_prompt=5",
+            ValueError,
+            r"e3\.min_per_prompt must be <= actor_rollout_ref\.rollout\.n \(",
+        ),
         ("+e3.max_temperature=0.1", ValueError, r"e3\.max_temperature"),
-        ("+e3.prompt_key=7", TypeError, r"e3\.prompt_key"),
+        ("+e3.prompt_id_key=7", TypeError, r"e3\.prompt_id_key"),
+        ("+e3.prompt_key=raw_prompt", ValueError, r"e3\.prompt_key is now e3\.prompt_id_key"),
+        ("+e3.baseline=median", ValueError, r"e3\.baseline must be one of \('mean', "),
+        (
+            "actor_rollout_ref.rollout.temperature=2.0",
+            ValueError,
+            r"actor_rollout_ref\.rollout\.temperature must be <= e3\.max_temperature \(1\.5\)",
+        ),
     ],
 )
 def test_bad_settings_are_named(override, error, match):
@@ -249,13 +261,13 @@ def test_bad_settings_are_named(override, error, match):
 
 
 def test_missing_prompt_field_is_named(make_trainer):
-    trainer = make_trainer("+e3.prompt_key=problem_id")
+    trainer = make_trainer("+e3.prompt_id_key=problem_id")
     with pytest.raises(KeyError, match="problem_id"):
         trainer._next_train_batch()
 
 
 def test_scalar_prompt_field_is_used_as_the_id(make_trainer):
-    trainer = make_trainer("+e3.prompt_key=index", prompts=PROMPTS)
+    trainer = make_trainer("+e3.prompt_id_key=index", prompts=PROMPTS)
     batch = trainer._next_train_batch()
     assert list(trainer._e3_pending.values()) == batch["index"].tolist()
 
@@ -281,8 +293,9 @@ def test_recipes_compose_on_verls_config(recipe):
     assert config.actor_rollout_ref.rollout.n == 8 and config.data.train_batch_size == 64
     settings_, field = read_e3_config(config)
     assert field == "raw_prompt"
-    if recipe == "e3_paper":
-        assert settings_ == E3Settings.paper().validate(8)
+    # verl reads the recipe as tests/test_recipes.py does (which checks e3_paper against
+    # E3Settings.paper)
+    assert settings_ == verl_settings(Path(folder) / f"{recipe}.yaml")[0].validate(8)
     trainer = get_trainer_cls(config.trainer.v1.trainer_mode)(config)
     assert trainer.e3_settings == settings_
 
