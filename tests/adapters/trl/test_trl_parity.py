@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from trl_tiny import difficulty_reward, sum_dataset, tiny_model, tiny_tokenizer
+from trl_tiny import difficulty_reward, sum_dataset, tiny_model, tiny_settings, tiny_tokenizer
 
 from e3core.adapters.trl.config import E3GRPOConfig
 from e3core.adapters.trl.trainer import E3GRPOTrainer, normalize_then_sum_advantages
@@ -56,27 +56,8 @@ class Recording(E3GRPOTrainer):
 
 
 def make(tmp_path: Path, steps: int, prompts: int = 64, **overrides: Any) -> Recording:
-    settings: dict[str, Any] = {
-        "output_dir": str(tmp_path / "out"),
-        "use_cpu": True,
-        "bf16": False,
-        "per_device_train_batch_size": B * G,
-        "num_generations": G,
-        "max_completion_length": 4,
-        "max_steps": steps,
-        "logging_steps": 1,
-        "report_to": [],
-        "save_strategy": "no",
-        "learning_rate": 1e-3,
-        "e3_min_per_prompt": 1,
-        "e3_max_per_prompt": 10,
-        "e3_refit_prior": "beta",
-        "e3_refit_every": None,
-        "disable_tqdm": True,
-        "seed": 0,
-        "multi_objective_aggregation": "normalize_then_sum",
-        "reward_weights": WEIGHTS,
-    }
+    settings = tiny_settings(tmp_path, steps, B, G)
+    settings.update(multi_objective_aggregation="normalize_then_sum", reward_weights=WEIGHTS)
     settings.update(overrides)
     return Recording(
         model=tiny_model(),

@@ -15,7 +15,7 @@ import pytest
 import torch
 from datasets import Dataset
 from PIL import Image
-from trl_tiny import difficulty_reward, sum_dataset, tiny_model, tiny_tokenizer
+from trl_tiny import difficulty_reward, sum_dataset, tiny_model, tiny_settings, tiny_tokenizer
 
 from e3core import group_advantages
 from e3core._validation import check_float, check_int
@@ -69,25 +69,7 @@ def make(
     dataset: Dataset | None = None,
     **overrides: Any,
 ) -> E3GRPOTrainer:
-    settings: dict[str, Any] = {
-        "output_dir": str(tmp_path / "out"),
-        "use_cpu": True,
-        "bf16": False,
-        "per_device_train_batch_size": B * G,
-        "num_generations": G,
-        "max_completion_length": 4,
-        "max_steps": steps,
-        "logging_steps": 1,
-        "report_to": [],
-        "save_strategy": "no",
-        "learning_rate": 1e-3,
-        "e3_min_per_prompt": 1,
-        "e3_max_per_prompt": 10,
-        "e3_refit_prior": "beta",
-        "e3_refit_every": None,
-        "disable_tqdm": True,
-        "seed": 0,
-    }
+    settings = tiny_settings(tmp_path, steps, B, G)
     settings.update(overrides)
     args = E3GRPOConfig(**settings)
     return cls(

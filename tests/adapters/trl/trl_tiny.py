@@ -42,6 +42,29 @@ def parse_sum(prompt: str) -> tuple[int, int]:
     return int(a), int(b)
 
 
+def tiny_settings(tmp_path: Any, steps: int, prompts: int, generations: int) -> dict[str, Any]:
+    """E3GRPOConfig keywords for a short CPU run on the tiny model (tests add their own)."""
+    return {
+        "output_dir": str(tmp_path / "out"),
+        "use_cpu": True,
+        "bf16": False,
+        "per_device_train_batch_size": prompts * generations,
+        "num_generations": generations,
+        "max_completion_length": 4,
+        "max_steps": steps,
+        "logging_steps": 1,
+        "report_to": [],
+        "save_strategy": "no",
+        "learning_rate": 1e-3,
+        "e3_min_per_prompt": 1,
+        "e3_max_per_prompt": 10,
+        "e3_refit_prior": "beta",
+        "e3_refit_every": None,
+        "disable_tqdm": True,
+        "seed": 0,
+    }
+
+
 def sum_dataset(num: int = 64, seed: int = 0) -> Dataset:
     rng = random.Random(seed)
     rows = []
