@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -291,6 +292,13 @@ def test_set_fused_head_temperature_needs_trl_head() -> None:
 SCRIPT = Path(__file__).with_name("trl_two_process.py")
 
 
+def _free_port() -> int:
+    """A TCP port nothing listens on now (a fixed one clashes with a concurrent test run)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def test_two_processes_agree_and_match_single_process_maths(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SCRIPT.parent)}
     cmd = [
@@ -300,7 +308,7 @@ def test_two_processes_agree_and_match_single_process_maths(tmp_path: Path) -> N
         "--nproc_per_node",
         "2",
         "--master_port",
-        "29533",
+        str(_free_port()),
         str(SCRIPT),
         str(tmp_path),
     ]
