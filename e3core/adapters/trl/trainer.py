@@ -23,8 +23,12 @@ At each generation step (Liao et al., arXiv 2505.18573, Alg. 1):
    :attr:`E3GRPOTrainer.e3_history` and, on the main process, as one row appended to
    ``<output_dir>/e3_history.csv`` (:mod:`e3core.adapters.trl.history`).
 
-The scheduler's state is saved as ``e3_scheduler.pt`` in every checkpoint and restored by
-``resume_from_checkpoint``.
+The scheduler's state is saved as ``e3_scheduler.pt`` in every checkpoint, first and atomically,
+and restored by ``resume_from_checkpoint`` under the config's settings (see
+:meth:`E3GRPOTrainer.e3_load_state_dict`); a checkpoint without it, a corrupt one, or one inside
+a generation cycle is refused with a message saying why. The training sampler draws each
+epoch's order from ``(seed, epoch)`` (:class:`EpochRepeatSampler`), so a resume in any epoch
+sees the uninterrupted run's prompts.
 
 A prompt's identity (the key the difficulty tracker files its successes under) is its value in
 the id column (``e3_prompt_id_column``, or ``e3_prompt_id`` when the dataset has it), else a hash
@@ -34,21 +38,25 @@ chat messages): the same text with different images is two prompts.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 from accelerate.utils import broadcast_object_list, gather_object
 from trl import GRPOTrainer
+from trl.trainer.utils import RepeatSampler
 
-from e3core.adapters.trl.config import PREFIX, E3GRPOConfig, e3_settings
+from e3core.adapters.trl.config import PREFIX, TRL_NAMES, E3GRPOConfig, e3_settings
 from e3core.adapters.trl.history import HistoryCsv
 from e3core.advantages import group_advantages, group_loss_weights
+from e3core.checkpoint_io import atomic_torch_save
+from e3core.priors import BetaPrior
 from e3core.prompt_keys import prompt_key
 from e3core.scheduler import E3Scheduler
 
@@ -57,6 +65,8 @@ __all__ = [
     "LAST_VALUE_METRICS",
     "SCHEDULER_FILE",
     "E3GRPOTrainer",
+    "EpochRepeatSampler",
+    "atomic_torch_save",
     "build_scheduler",
     "default_config",
     "normalize_then_sum_advantages",
@@ -151,6 +161,40 @@ def set_fused_head_temperature(model: torch.nn.Module, temperature: float) -> No
 def fused_head_temperature(model: torch.nn.Module) -> float:
     """The temperature in the closure of TRL's fused LM head (see set_fused_head_temperature)."""
     return float(_fused_head_cell(model).cell_contents)
+
+
+def _spell(name: str) -> str:
+    """How TRL's config spells the E3 setting ``name`` (``e3_x``, or TRL's own name)."""
+    return TRL_NAMES.get(name, PREFIX + name)
+
+
+class EpochRepeatSampler(RepeatSampler):
+    """TRL's ``RepeatSampler`` whose shuffled order depends on ``(seed, epoch)`` only.
+
+    TRL's sampler seeds its generator once and draws a new permutation at every pass, so a
+    run resumed in data epoch :math:`e > 0` (a new sampler) would replay epoch 0's order. Here
+    pass :math:`e` is drawn from a generator seeded with ``seed + e``, so epoch 0 is exactly
+    TRL's order and any epoch's order can be reproduced. ``set_epoch`` (called by Transformers
+    and Accelerate before each pass) selects the epoch; without it, each pass takes the next.
+    With ``seed=None`` the order is not reproducible (as TRL's).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass draw epoch ``epoch``'s order."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        epoch = self.epoch
+        self.epoch += 1
+        if self.shuffle and self.seed is not None:
+            self.generator.manual_seed(int(self.seed) + epoch)
+        yield from super().__iter__()
 
 
 def build_scheduler(
@@ -433,6 +477,7 @@ class E3GRPOTrainer(GRPOTrainer):
             self._e3_check_supported()
         self._e3_id_column = self._e3_resolve_id_column()
         self._e3_scheduler: E3Scheduler | None = scheduler
+        self._e3_scheduler_from_config = scheduler is None
         self._e3_entropies: list[float] = []
         self._e3_rewards: torch.Tensor | None = None
         self._e3_generation = 0
@@ -792,45 +837,206 @@ class E3GRPOTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ checkpoints
     def e3_state_dict(self) -> dict[str, Any]:
-        """The adapter's resumable state, as plain data: the scheduler, the pending entropies."""
-        return {
+        """The adapter's resumable state, as plain data.
+
+        The scheduler's state, the entropies measured since the last generation, the current
+        temperature and generation index, and (when the scheduler was built from the config)
+        the :class:`~e3core.settings.E3Settings` it was built from, as a dict, so that a resume
+        can tell which settings changed (:meth:`e3_load_state_dict`).
+        """
+        state: dict[str, Any] = {
             "scheduler": self.e3_scheduler.state_dict(),
             "pending_entropies": list(self._e3_entropies),
             "temperature": float(self.temperature),
             "generation": self._e3_generation,
         }
+        if self._e3_scheduler_from_config:
+            state["settings"] = dataclasses.asdict(e3_settings(self.args))
+        return state
 
     def e3_load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`e3_state_dict` exactly (the scheduler checks its state's version)."""
+        """Restore :meth:`e3_state_dict`: the checkpoint's state under the config's settings.
+
+        The rule when the config's E3 settings differ from those saved with the state: the
+        config wins for every setting (bounds, decay, prior, gains, temperature bounds, target,
+        allocator, refit cadence), the checkpoint for the state (counts, temperature, integral,
+        step, epoch, generator). Concretely, after loading the state: the tracker takes the
+        config's ``decay`` and, when ``prior_alpha``/``prior_beta`` changed, the config's Beta
+        prior; the bounds are the config's widened by the checkpoint's epoch count; the saved
+        temperature is clamped into the config's temperature bounds; a changed entropy target
+        (``target_entropy``, ``warmup_steps``, ``anneal_final_ratio``) starts its measurement
+        afresh. Every applied difference is logged once. A changed ``controller`` (the state of
+        one controller kind means nothing to another) is an error listing every difference.
+
+        Raises:
+            ValueError: The state misses keys, is invalid, or its controller kind differs from
+                the config's.
+        """
         missing = {"scheduler", "pending_entropies", "temperature", "generation"} - set(state)
         if missing:
             raise ValueError(f"the {SCHEDULER_FILE} state is missing keys {sorted(missing)}")
-        self.e3_scheduler.load_state_dict(state["scheduler"])
+        scheduler = self.e3_scheduler
+        saved = state.get("settings")
+        changes: dict[str, tuple[Any, Any]] = {}
+        if saved is not None and self._e3_scheduler_from_config:
+            current = dataclasses.asdict(e3_settings(self.args))
+            changes = {
+                name: (saved.get(name), value)
+                for name, value in current.items()
+                if name in saved and saved[name] != value
+            }
+        listing = ", ".join(
+            f"{_spell(name)}: {old!r} -> {new!r}" for name, (old, new) in sorted(changes.items())
+        )
+        if "controller" in changes:
+            raise ValueError(
+                f"the checkpoint's E3 state was written with {_spell('controller')}="
+                f"{changes['controller'][0]!r}, the config has {changes['controller'][1]!r}: "
+                "one controller's state means nothing to another. Resume with the saved "
+                "controller, or set e3_resume_fresh=True to start the E3 scheduler afresh. "
+                f"The settings that differ: {listing}"
+            )
+        sched_state = dict(state["scheduler"])
+        initial_bounds = (scheduler.min_per_prompt, scheduler.max_per_prompt)
+        target_keys = {"target_entropy", "warmup_steps", "anneal_final_ratio"}
+        if scheduler.controller is not None and sched_state.get("controller") is not None:
+            ctrl = dict(sched_state["controller"])
+            if target_keys & set(changes):
+                ctrl["target"] = scheduler.controller.target.state_dict()
+            if "temperature" in ctrl:
+                low = scheduler.controller.min_temperature
+                high = scheduler.controller.max_temperature
+                ctrl["temperature"] = min(max(float(ctrl["temperature"]), low), high)
+            sched_state["controller"] = ctrl
+        scheduler.load_state_dict(sched_state)
+        if changes:
+            self._e3_apply_settings(scheduler, changes, initial_bounds)
+            logger.warning(
+                "resuming with E3 settings that differ from the checkpoint's; the config's "
+                "settings apply, the checkpoint's state is kept: %s",
+                listing,
+            )
         self._e3_entropies = [float(x) for x in state["pending_entropies"]]
         self._e3_generation = int(state["generation"])
         if self.args.e3_enabled:
-            self.set_temperature(state["temperature"])
+            temperature = float(state["temperature"])
+            if scheduler.controller is not None:
+                low = scheduler.controller.min_temperature
+                high = scheduler.controller.max_temperature
+                temperature = min(max(temperature, low), high)
+            elif "initial_temperature" in changes:
+                temperature = scheduler.fixed_temperature
+            self.set_temperature(temperature)
+
+    def _e3_apply_settings(
+        self,
+        scheduler: E3Scheduler,
+        changes: Mapping[str, tuple[Any, Any]],
+        initial_bounds: tuple[int, int | None],
+    ) -> None:
+        """Put the config's settings back over a loaded state (see :meth:`e3_load_state_dict`)."""
+        settings = e3_settings(self.args)
+        scheduler.tracker.decay = float(settings.decay)
+        if {"prior_alpha", "prior_beta"} & set(changes):
+            scheduler.tracker.prior = BetaPrior(settings.prior_alpha, settings.prior_beta)
+        if {"min_per_prompt", "max_per_prompt", "widen_per_epoch", "widen_min", "widen_max"} & set(
+            changes
+        ):
+            low, high = scheduler.widen_limits
+            widen = scheduler.widen_per_epoch * scheduler.epoch
+            min0, max0 = initial_bounds
+            scheduler.min_per_prompt = max(low, min0 - widen)
+            scheduler.max_per_prompt = None if max0 is None else min(high, max0 + widen)
 
     def _save_checkpoint(self, model, trial):  # type: ignore[no-untyped-def]
-        super()._save_checkpoint(model, trial)
+        """Write ``e3_scheduler.pt`` first (atomically), then TRL's checkpoint.
+
+        Transformers writes the model, the optimizer, the RNG states, then ``trainer_state.json``
+        (which makes a folder a resumable checkpoint), then rotates old checkpoints away. The E3
+        state goes into the folder before all of them, so a checkpoint that has
+        ``trainer_state.json`` has its E3 state, and a crash while saving leaves at worst a
+        folder without ``trainer_state.json`` (not resumable) and the previous checkpoints.
+        """
         if self.args.should_save:
             folder = f"checkpoint-{self.state.global_step}"
-            path = os.path.join(self._get_output_dir(trial=trial), folder, SCHEDULER_FILE)
-            torch.save(self.e3_state_dict(), path)
+            output_dir = os.path.join(self._get_output_dir(trial=trial), folder)
+            os.makedirs(output_dir, exist_ok=True)
+            atomic_torch_save(self.e3_state_dict(), os.path.join(output_dir, SCHEDULER_FILE))
+        super()._save_checkpoint(model, trial)
+
+    def _e3_generation_period(self) -> int:
+        """Optimizer steps between two generations' boundaries: safe ``save_steps`` divide it.
+
+        TRL generates every ``steps_per_generation * num_iterations`` micro-batches; an
+        optimizer step is ``gradient_accumulation_steps`` of them, so a checkpoint at
+        ``global_step`` is on a generation boundary when ``global_step`` is a multiple of the
+        value returned.
+        """
+        per_generation = self.args.steps_per_generation * self.num_iterations
+        ga = self.args.gradient_accumulation_steps
+        return per_generation // math.gcd(per_generation, ga)
 
     def _load_optimizer_and_scheduler(self, checkpoint):  # type: ignore[no-untyped-def]
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is None:
             return
         # Trainer loads the checkpoint's state (global_step) before this call
-        self._e3_resume_step = int(self.state.global_step)
+        step = int(self.state.global_step)
+        period = self._e3_generation_period()
+        if step % period:
+            raise ValueError(
+                f"cannot resume exactly from {checkpoint}: global_step={step} is inside a "
+                f"generation cycle (TRL generates every steps_per_generation="
+                f"{self.args.steps_per_generation} x num_iterations={self.num_iterations} "
+                f"micro-batches, i.e. every {period} optimizer steps with "
+                f"gradient_accumulation_steps={self.args.gradient_accumulation_steps}) and TRL "
+                "does not save the buffered generation batch. Resume from a checkpoint whose "
+                f"step is a multiple of {period}, and set save_steps to a multiple of {period}"
+            )
+        self._e3_resume_step = step
         self._e3_csv_started = False
         path = os.path.join(checkpoint, SCHEDULER_FILE)
-        if not os.path.isfile(path):
+        if self.args.e3_resume_fresh:
             logger.warning(
-                "%s has no %s: the E3 scheduler starts fresh (a checkpoint of plain GRPO?)",
-                checkpoint,
-                SCHEDULER_FILE,
+                "e3_resume_fresh=True: the E3 scheduler starts fresh, %s is not read", path
             )
             return
-        self.e3_load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{path} does not exist: the checkpoint has no E3 state (a checkpoint of plain "
+                "GRPO, or one written before its E3 state). Set e3_resume_fresh=True to resume "
+                "it with a fresh E3 scheduler (step, epoch, counts, prior and temperature "
+                "start anew)"
+            )
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a truncated or foreign file: torch raises many kinds
+            raise ValueError(
+                f"{path} cannot be read as an E3 state ({type(exc).__name__}: {exc}); it is "
+                "corrupt or truncated: resume from another checkpoint, or set "
+                "e3_resume_fresh=True to start the E3 scheduler afresh"
+            ) from exc
+        if not isinstance(state, Mapping):
+            raise ValueError(f"{path} holds a {type(state).__name__}, not an E3 state (a dict)")
+        try:
+            self.e3_load_state_dict(state)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+
+    def _get_train_sampler(self, dataset: Any = None) -> Any:
+        """TRL's ``RepeatSampler`` order, reshuffled per epoch from ``(seed, epoch)``.
+
+        TRL's sampler seeds its generator once, so a run resumed in a later epoch would replay
+        the first epoch's order; :class:`EpochRepeatSampler` draws epoch :math:`e`'s order from
+        ``seed + e`` (epoch 0: TRL's order), and Transformers sets the epoch before each pass.
+        """
+        if dataset is None:
+            dataset = self.train_dataset
+        return EpochRepeatSampler(
+            data_source=dataset,
+            mini_repeat_count=self.num_generations,
+            batch_size=self.args.generation_batch_size // self.num_generations,
+            repeat_count=self.num_iterations * self.args.steps_per_generation,
+            shuffle=self.shuffle_dataset,
+            seed=self.args.seed,
+        )

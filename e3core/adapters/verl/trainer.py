@@ -49,6 +49,7 @@ from e3core.adapters.verl.rollout import (
     TEMPERATURE_FIELD,
     E3AgentLoopManager,
 )
+from e3core.checkpoint_io import atomic_torch_save
 from e3core.prompt_keys import prompt_key
 from e3core.scheduler import E3Scheduler
 from e3core.settings import E3Settings
@@ -323,12 +324,13 @@ class E3PPOTrainerSync(PPOTrainerSync):
         _set_driver_temperature(self.config, self.e3_scheduler.temperature)
 
     def _save_checkpoint(self) -> None:
-        # Written before verl's own files, so a checkpoint verl marks as complete has it.
+        # Written before verl's own files, and atomically (temporary file, fsync, rename), so a
+        # checkpoint verl marks as complete has it whole.
         folder = os.path.join(
             str(self.config.trainer.default_local_dir), f"global_step_{self.global_steps}"
         )
         os.makedirs(folder, exist_ok=True)
-        torch.save(self.e3_state_dict(), os.path.join(folder, STATE_FILE))
+        atomic_torch_save(self.e3_state_dict(), os.path.join(folder, STATE_FILE))
         super()._save_checkpoint()
 
     def _load_checkpoint(self) -> Any:
@@ -336,7 +338,18 @@ class E3PPOTrainerSync(PPOTrainerSync):
         if self.global_steps > 0:
             path = os.path.join(_checkpoint_folder(self.config, self.global_steps), STATE_FILE)
             if os.path.exists(path):
-                self.e3_load_state_dict(torch.load(path, weights_only=True))
+                try:
+                    state = torch.load(path, map_location="cpu", weights_only=True)
+                except Exception as exc:  # a truncated or foreign file: torch raises many kinds
+                    raise ValueError(
+                        f"{path} cannot be read as an E3 state ({type(exc).__name__}: {exc}); it "
+                        "is corrupt or truncated: resume from another checkpoint, or delete it "
+                        "to start the E3 scheduler afresh"
+                    ) from exc
+                try:
+                    self.e3_load_state_dict(state)
+                except (ValueError, TypeError, KeyError) as exc:
+                    raise ValueError(f"{path}: {exc}") from exc
                 logger.info("e3: restored the scheduler from %s", path)
             else:
                 logger.warning(

@@ -333,3 +333,24 @@ def test_estimator_settings_in_algorithm_are_kept_and_conflicts_raise(make_train
     assert trainer.config.algorithm.e3_loss_weighting == "sample"
     with pytest.raises(ValueError, match=r"e3\.loss_weighting.*algorithm\.e3_loss_weighting"):
         make_trainer("+e3.loss_weighting=prompt", "+algorithm.e3_loss_weighting=sample")
+
+
+def test_a_corrupt_checkpoint_state_is_refused_naming_the_file(make_trainer, monkeypatch, tmp_path):
+    monkeypatch.setattr(PPOTrainer, "_save_checkpoint", lambda self: None)
+    common = (f"trainer.default_local_dir={tmp_path}",)
+    first = make_trainer(*common, prompts=PROMPTS)
+    first.global_steps = 2
+    first._save_checkpoint()
+    path = tmp_path / "global_step_2" / "e3_scheduler.pt"
+    assert [p.name for p in path.parent.iterdir()] == ["e3_scheduler.pt"]  # no temporary left
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])
+
+    def fake_load(self):
+        self.global_steps = 2
+
+    monkeypatch.setattr(PPOTrainer, "_load_checkpoint", fake_load)
+    resumed = make_trainer(*common, prompts=PROMPTS)
+    with pytest.raises(ValueError, match="corrupt or truncated") as info:
+        resumed._load_checkpoint()
+    assert str(path) in str(info.value)
