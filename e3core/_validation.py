@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -104,6 +105,8 @@ def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
 
 def as_float_array(name: str, value: Any, *, ndim: int = 1) -> np.ndarray:
     """Return ``value`` as a finite float64 array with ``ndim`` dimensions, or raise."""
+    if hasattr(value, "detach"):  # a torch tensor, possibly requiring grad or on a GPU
+        value = value.detach().to("cpu").double().numpy()
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -125,3 +128,68 @@ def check_same_length(**arrays: Any) -> int:
         shown = ", ".join(f"{k}={v}" for k, v in lengths.items())
         raise ValueError(f"arguments must have the same length, got {shown}")
     return next(iter(lengths.values())) if lengths else 0
+
+
+def check_state_keys(
+    where: str,
+    state: Any,
+    required: set[str] | frozenset[str],
+    optional: set[str] | frozenset[str] = frozenset(),
+) -> Mapping[str, Any]:
+    """Return ``state`` if it is a mapping with exactly the ``required`` (and ``optional``) keys.
+
+    Unknown keys are an error: a state written by another object (a PI controller's ``integral``
+    in an E3 controller, say) would otherwise load silently and lose what it carried.
+
+    Args:
+        where: The state's name in messages, e.g. ``"state"`` or ``"state['tracker']"``.
+        state: The state to check.
+        required: Keys that must be present.
+        optional: Keys that may be present.
+
+    Raises:
+        TypeError: ``state`` is not a mapping.
+        ValueError: A key is missing or unknown (the message lists the allowed keys).
+    """
+    if not isinstance(state, Mapping):
+        raise TypeError(f"{where} must be a mapping, got {_show(state)}")
+    keys = set(state)
+    missing = sorted(set(required) - keys, key=str)
+    if missing:
+        raise ValueError(f"{where} is missing keys {missing}")
+    unknown = sorted(keys - set(required) - set(optional), key=str)
+    if unknown:
+        allowed = sorted({*required, *optional})
+        raise ValueError(f"{where} has unknown keys {unknown}; the keys are {allowed}")
+    return state
+
+
+def as_count_array(name: str, value: Any) -> np.ndarray:
+    """Return ``value`` as a 1-D float64 array of finite counts >= 0, or raise naming ``name``.
+
+    Numbers only: strings and booleans are refused (``np.asarray`` would convert them).
+    """
+    if isinstance(value, (str, bytes, Mapping)) or np.ndim(value) == 0:
+        raise TypeError(f"{name} must be a 1-D array of counts, got {_show(value)}")
+    try:
+        raw = np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be a 1-D array of counts, got {_show(value)}") from exc
+    if raw.size and raw.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {raw.dtype}")
+    arr = as_float_array(name, raw)
+    negative = arr < 0
+    if negative.any():
+        k = int(np.flatnonzero(negative)[0])
+        raise ValueError(f"{name} must be >= 0, got {arr[k]} at index {k}")
+    return arr
+
+
+def check_rng(name: str, rng: Any, *, optional: bool = False) -> Any:
+    """Return ``rng`` if it is a ``numpy.random.Generator`` (or None when ``optional``)."""
+    if rng is None and optional:
+        return None
+    if not isinstance(rng, np.random.Generator):
+        allowed = "a numpy.random.Generator or None" if optional else "a numpy.random.Generator"
+        raise TypeError(f"{name} must be {allowed}, got {_show(rng)}")
+    return rng

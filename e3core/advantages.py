@@ -49,12 +49,18 @@ def _np_codes(group_ids: Any, length: int) -> tuple[np.ndarray, int]:
             f"group_ids must be one-dimensional with the length of rewards ({length}), "
             f"got shape {ids.shape}"
         )
-    if ids.dtype.kind in "iu" and length:
+    if length == 0:  # np.asarray([]) is float64: no labels, nothing to check
+        return np.zeros(0, dtype=np.int64), 0
+    if ids.dtype.kind == "b":  # two labels, as for a torch bool tensor
+        ids = ids.astype(np.int64)
+    if ids.dtype.kind in "iu":
         lo, hi = int(ids.min()), int(ids.max())
         if lo >= 0 and hi < 2 * length + 1024:
             return ids.astype(np.int64, copy=False), hi + 1
-    if ids.dtype.kind == "f":
-        raise TypeError("group_ids must be integers or hashable labels, got floats")
+    if ids.dtype.kind in "fc":
+        raise TypeError(
+            f"group_ids must be integers or hashable labels (not floats), got dtype {ids.dtype}"
+        )
     try:
         uniq, inverse = np.unique(ids, return_inverse=True)
     except TypeError as exc:
@@ -69,8 +75,8 @@ def _torch_codes(group_ids: Any, length: int, device: torch.device) -> tuple[tor
                 f"group_ids must be one-dimensional with the length of rewards ({length}), "
                 f"got shape {tuple(group_ids.shape)}"
             )
-        if group_ids.dtype.is_floating_point or group_ids.dtype == torch.bool:
-            raise TypeError(f"group_ids must be an integer tensor, got {group_ids.dtype}")
+        if group_ids.dtype.is_floating_point or group_ids.dtype.is_complex:
+            raise TypeError(f"group_ids must be an integer (or bool) tensor, got {group_ids.dtype}")
         ids = group_ids.to(device=device, dtype=torch.int64)
         if length == 0:
             return ids, 0

@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from e3core._registry import Registry
-from e3core._validation import check_int
+from e3core._validation import check_int, check_rng
 from e3core.posteriors import PosteriorLike
 
 __all__ = [
@@ -56,6 +56,8 @@ ALLOCATORS: Registry[type[Allocator]] = Registry("allocator")
 # The knapsack builds a [B, n_max - n_min] table of marginal gains; above this many entries it
 # fills the budget by bisection on the gain threshold instead.
 _TABLE_LIMIT = 4_000_000
+# The largest budget: every count stays exact in float64 (the allocators' arithmetic).
+_MAX_TOTAL = 2**53
 
 
 @dataclass(frozen=True)
@@ -74,10 +76,22 @@ class Budget:
     max_per_prompt: int | None = None
 
     def __post_init__(self) -> None:
-        check_int("total", self.total, low=1)
-        check_int("min_per_prompt", self.min_per_prompt, low=1)
+        # stored as Python ints (numpy integers are accepted); counts are exact in float64
+        total = check_int(
+            "total",
+            self.total,
+            low=1,
+            high=_MAX_TOTAL,
+            hint="2**53, so counts stay exact in float64",
+        )
+        object.__setattr__(self, "total", total)
+        low = check_int("min_per_prompt", self.min_per_prompt, low=1)
+        object.__setattr__(self, "min_per_prompt", low)
         if self.max_per_prompt is not None:
-            check_int("max_per_prompt", self.max_per_prompt, low=self.min_per_prompt)
+            high = check_int(
+                "max_per_prompt", self.max_per_prompt, low=low, low_name="min_per_prompt"
+            )
+            object.__setattr__(self, "max_per_prompt", high)
 
     def check(self, num_prompts: int) -> None:
         """Raise ``ValueError`` unless ``num_prompts`` prompts can share the budget in bounds."""
@@ -101,7 +115,8 @@ class Budget:
         return slack if self.max_per_prompt is None else min(self.max_per_prompt, slack)
 
 
-def _check_inputs(posterior: Any, budget: Any) -> int:
+def _check_inputs(posterior: Any, budget: Any, rng: Any = None) -> int:
+    check_rng("rng", rng, optional=True)
     if not isinstance(budget, Budget):
         raise TypeError(f"budget must be a Budget, got {type(budget).__name__}")
     for member in ("mean", "variance", "moment", "sample", "expected_mixed"):
@@ -157,7 +172,7 @@ class UniformAllocator(Allocator):
         rng: np.random.Generator | None = None,
     ) -> np.ndarray:
         """See :class:`Allocator`."""
-        num = _check_inputs(posterior, budget)
+        num = _check_inputs(posterior, budget, rng)
         base, extra = divmod(budget.total, num)
         counts = np.full(num, base, dtype=np.int64)
         if extra:
@@ -193,7 +208,7 @@ class RankAllocator(Allocator):
         rng: np.random.Generator | None = None,
     ) -> np.ndarray:
         """See :class:`Allocator`."""
-        num = _check_inputs(posterior, budget)
+        num = _check_inputs(posterior, budget, rng)
         if posterior.rank is not None:
             rank = np.asarray(posterior.rank, dtype=np.float64)
         else:
@@ -359,7 +374,7 @@ class KnapsackAllocator(Allocator):
         rng: np.random.Generator | None = None,
     ) -> np.ndarray:
         """See :class:`Allocator`."""
-        _check_inputs(posterior, budget)
+        _check_inputs(posterior, budget, rng)
         return _greedy_fill(
             self._valued_on(posterior, rng),
             budget,

@@ -26,14 +26,22 @@ score (:data:`RANK_SCORES`) it ranks by. This module also re-exports the names o
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from e3core._registry import Registry
-from e3core._validation import _show, as_float_array, check_choice, check_float, check_int
+from e3core._validation import (
+    _show,
+    as_count_array,
+    as_float_array,
+    check_choice,
+    check_float,
+    check_int,
+    check_state_keys,
+)
 from e3core.posteriors import GridPosterior, Posterior, PosteriorLike
 from e3core.priors import (
     PRIORS,
@@ -505,55 +513,96 @@ class BetaDifficultyTracker:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a :meth:`state_dict` exactly (version 2, or version 1 of e3core 0.1)."""
+        """Restore a :meth:`state_dict` exactly (version 2, or version 1 of e3core 0.1).
+
+        Transactional: the whole state is checked first (keys, unique hashable ids, finite
+        counts >= 0 of one length per id, a valid prior and decay), and a state that fails
+        leaves the tracker exactly as it was.
+
+        Raises:
+            TypeError, ValueError: A bad field, named as ``state['...']``.
+        """
+        self._staged_load(state, "state")()
+
+    def _staged_load(self, state: Any, where: str) -> Callable[[], None]:
+        """Check ``state`` whole; return the function that assigns it (which cannot fail)."""
         if not isinstance(state, Mapping):
-            raise TypeError(f"state must be a mapping, got {type(state).__name__}")
+            raise TypeError(f"{where} must be a mapping, got {_show(state)}")
+        if "version" not in state and "prior" in state:  # version 1 has flat prior_* keys
+            raise ValueError(f"{where} is missing keys ['version'] (it has a version-2 'prior')")
         version = state.get("version", 1)
-        if version not in (1, _STATE_VERSION):
+        if isinstance(version, bool) or version not in (1, _STATE_VERSION):
             raise ValueError(
-                f"state['version'] must be 1 or {_STATE_VERSION} (a BetaDifficultyTracker "
+                f"{where}['version'] must be 1 or {_STATE_VERSION} (a BetaDifficultyTracker "
                 f"state), got {_show(version)}"
             )
         if version == 1:
             required = {"prior_alpha", "prior_beta", "decay", "prior_kind", "ids", "successes"}
+            optional = {"version", "prior_grid", "prior_weights"}
         else:
-            required = {"decay", "prior", "ids", "successes"}
-        missing = sorted((required | {"failures"}) - set(state))
-        if missing:
-            raise ValueError(f"state is missing keys {missing}")
-        ids = list(state["ids"])
-        s = np.array(state["successes"], dtype=np.float64)
-        f = np.array(state["failures"], dtype=np.float64)
+            required = {"version", "decay", "prior", "ids", "successes"}
+            optional = set()
+        check_state_keys(where, state, required | {"failures"}, optional)
+        ids = _state_ids(f"{where}['ids']", state["ids"])
+        s = as_count_array(f"{where}['successes']", state["successes"])
+        f = as_count_array(f"{where}['failures']", state["failures"])
         if not (len(ids) == len(s) == len(f)):
             raise ValueError(
-                f"state ids, successes and failures differ in length: {len(ids)}, {len(s)}, "
-                f"{len(f)}"
+                f"{where}['ids'], ['successes'] and ['failures'] must have one entry per id, "
+                f"got lengths {len(ids)}, {len(s)} and {len(f)}"
             )
-        prior = _prior_from_v1(state) if version == 1 else prior_from_state(state["prior"])
-        decay = check_float("decay", state["decay"], low=0, high=1, low_open=True)
+        prior = (
+            _prior_from_v1(state, where)
+            if version == 1
+            else prior_from_state(state["prior"], where=f"{where}['prior']")
+        )
+        decay = check_float(f"{where}['decay']", state["decay"], low=0, high=1, low_open=True)
         index = {pid: row for row, pid in enumerate(ids)}
         if len(index) != len(ids):
-            raise ValueError("state ids must be unique")
-        self.decay = decay
-        self.prior = prior
-        self._ids = ids
-        self._index = index
-        self._s, self._f = s.copy(), f.copy()
-        self._counts_changed()
+            dup = next(pid for row, pid in enumerate(ids) if index[pid] != row)
+            raise ValueError(f"{where}['ids'] must be unique, got {_show(dup)} twice")
+
+        def commit() -> None:
+            self.decay = decay
+            self.prior = prior
+            self._ids = ids
+            self._index = index
+            self._s, self._f = s.copy(), f.copy()
+            self._counts_changed()
+
+        return commit
+
+
+def _state_ids(name: str, value: Any) -> list[Hashable]:
+    """The ids of a tracker state as a list, each hashable, or raise naming ``name``."""
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (list, tuple, np.ndarray)):
+        raise TypeError(f"{name} must be a list of hashable prompt ids, got {_show(value)}")
+    ids = value.tolist() if isinstance(value, np.ndarray) else list(value)
+    for pos, pid in enumerate(ids):
+        try:
+            hash(pid)
+        except TypeError as exc:
+            raise TypeError(f"{name}[{pos}] = {_show(pid)} is not hashable") from exc
+        if isinstance(pid, float) and pid != pid:
+            raise ValueError(f"{name}[{pos}] is NaN, which never equals itself as an id")
+    return ids
 
 
 _STATE_VERSION = 2
 
 
-def _prior_from_v1(state: Mapping[str, Any]) -> Prior:
+def _prior_from_v1(state: Mapping[str, Any], where: str = "state") -> Prior:
     """The prior of a version-1 tracker state (flat ``prior_kind``/``prior_*`` keys)."""
-    kind = check_choice("state['prior_kind']", state["prior_kind"], ("beta", "grid"))
+    kind = check_choice(f"{where}['prior_kind']", state["prior_kind"], ("beta", "grid"))
     if kind == "beta":
         return BetaPrior(
-            check_float("prior_alpha", state["prior_alpha"], low=0, low_open=True),
-            check_float("prior_beta", state["prior_beta"], low=0, low_open=True),
+            check_float(f"{where}['prior_alpha']", state["prior_alpha"], low=0, low_open=True),
+            check_float(f"{where}['prior_beta']", state["prior_beta"], low=0, low_open=True),
         )
     grid, weights = state.get("prior_grid"), state.get("prior_weights")
     if grid is None or weights is None:
-        raise ValueError("a grid prior state needs prior_grid and prior_weights")
-    return GridPrior(grid, weights)
+        raise ValueError(
+            f"{where}: a grid prior state needs ['prior_grid'] and ['prior_weights'], got "
+            f"{_show(grid)} and {_show(weights)}"
+        )
+    return prior_from_state({"kind": "grid", "grid": grid, "weights": weights}, where=where)

@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from scipy import special
 
-from e3core._validation import as_float_array
+from e3core._validation import as_float_array, check_rng
 
 __all__ = ["GridPosterior", "Posterior", "PosteriorLike"]
 
@@ -55,9 +55,7 @@ class PosteriorLike(Protocol):
 
 
 def _check_rng(rng: Any) -> np.random.Generator:
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-    return rng
+    return check_rng("rng", rng)
 
 
 def _check_rank(rank: Any, length: int) -> np.ndarray | None:
@@ -105,6 +103,14 @@ class Posterior:
         for name, arr in (("alpha", alpha), ("beta", beta)):
             if (arr <= 0).any():
                 raise ValueError(f"{name} must be > 0, got {arr[arr <= 0][0]}")
+        with np.errstate(over="ignore"):
+            overflow = ~np.isfinite(alpha + beta)
+        if overflow.any():
+            k = int(np.flatnonzero(overflow)[0])
+            raise ValueError(
+                f"alpha + beta must be finite (below about 1.8e308), got alpha={alpha[k]}, "
+                f"beta={beta[k]} at index {k}"
+            )
         object.__setattr__(self, "alpha", alpha)
         object.__setattr__(self, "beta", beta)
         object.__setattr__(self, "rank", _check_rank(self.rank, len(alpha)))
@@ -120,9 +126,13 @@ class Posterior:
 
     @property
     def variance(self) -> np.ndarray:
-        r""":math:`\alpha\beta / ((\alpha+\beta)^2 (\alpha+\beta+1))`."""
+        r""":math:`\alpha\beta / ((\alpha+\beta)^2 (\alpha+\beta+1))`.
+
+        Computed as :math:`\mu(1-\mu)/(\alpha+\beta+1)` with :math:`1-\mu =
+        \beta/(\alpha+\beta)`, which cannot overflow for any valid posterior.
+        """
         total = self.alpha + self.beta
-        return self.alpha * self.beta / (total * total * (total + 1.0))
+        return (self.alpha / total) * (self.beta / total) / (total + 1.0)
 
     def sample(self, rng: np.random.Generator) -> np.ndarray:
         """Draw one success rate per prompt from its Beta posterior."""

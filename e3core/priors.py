@@ -27,7 +27,7 @@ import numpy as np
 from scipy import optimize, special
 
 from e3core._registry import Registry
-from e3core._validation import _show, as_float_array, check_float, check_int
+from e3core._validation import _show, as_float_array, check_float, check_int, check_state_keys
 from e3core.posteriors import GridPosterior, Posterior, _check_rank
 
 __all__ = [
@@ -93,6 +93,8 @@ class Prior:
     """
 
     kind: ClassVar[str]
+    #: The keys of :meth:`state_dict` (``kind`` included); :func:`prior_from_state` checks them.
+    state_keys: ClassVar[frozenset[str]]
 
     def posterior(
         self, successes: Any, failures: Any, *, rank: Any = None
@@ -164,6 +166,7 @@ class BetaPrior(Prior):
     alpha: float = 1.0
     beta: float = 1.0
     kind: ClassVar[str] = "beta"
+    state_keys: ClassVar[frozenset[str]] = frozenset({"kind", "alpha", "beta"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "alpha", check_float("alpha", self.alpha, low=0.0, low_open=True))
@@ -214,6 +217,7 @@ class GridPrior(Prior):
     grid: np.ndarray
     weights: np.ndarray
     kind: ClassVar[str] = "grid"
+    state_keys: ClassVar[frozenset[str]] = frozenset({"kind", "grid", "weights"})
 
     def __post_init__(self) -> None:
         grid = as_float_array("grid", self.grid)
@@ -286,11 +290,24 @@ PRIORS.add("grid", GridPrior)
 PRIORS.add("beta", BetaPrior)
 
 
-def prior_from_state(state: Mapping[str, Any]) -> Prior:
-    """The prior a :meth:`Prior.state_dict` describes (its ``kind`` names it in :data:`PRIORS`)."""
+def prior_from_state(state: Mapping[str, Any], *, where: str = "prior state") -> Prior:
+    """The prior a :meth:`Prior.state_dict` describes (its ``kind`` names it in :data:`PRIORS`).
+
+    Args:
+        state: ``{"kind": ..., ...}`` with exactly the keys of that kind's state.
+        where: The state's name in messages (e.g. ``"state['prior']"``).
+
+    Raises:
+        TypeError, ValueError: A missing, unknown or bad field, named under ``where``.
+    """
     if not isinstance(state, Mapping) or "kind" not in state:
-        raise ValueError(f"a prior state must be a mapping with a 'kind', got {_show(state)}")
-    return PRIORS.get(state["kind"], argument="prior state's kind").from_state(state)
+        raise ValueError(f"{where} must be a mapping with a 'kind', got {_show(state)}")
+    cls = PRIORS.get(state["kind"], argument=f"{where}['kind']")
+    check_state_keys(where, state, cls.state_keys)
+    try:
+        return cls.from_state(state)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{where}: {exc}") from exc
 
 
 def fit_beta_prior(

@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from e3core._validation import _show, as_float_array, check_float, check_int
+from e3core._validation import _show, as_float_array, check_float, check_int, check_state_keys
 from e3core.allocation import Allocator, Budget, KnapsackAllocator
 from e3core.difficulty import PRIORS, RANK_BY, BetaDifficultyTracker, GridPosterior, Posterior
 from e3core.temperature import PITemperatureController, TemperatureController
@@ -74,7 +74,47 @@ class RolloutPlan:
 def _to_numpy(name: str, value: Any) -> np.ndarray:
     if hasattr(value, "detach"):
         value = value.detach().to("cpu").double().numpy()
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be an array of real numbers, got {_show(value)}")
     return as_float_array(name, value)
+
+
+def _check_prompt_ids(prompt_ids: Any) -> int:
+    """The number of ``prompt_ids`` (a sequence or 1-D array of ids), or raise naming it."""
+    if isinstance(prompt_ids, (str, bytes, Mapping)) or not (
+        isinstance(prompt_ids, (Sequence, np.ndarray)) or hasattr(prompt_ids, "__getitem__")
+    ):
+        raise TypeError(
+            f"prompt_ids must be a sequence (list, tuple, array) of hashable ids, got "
+            f"{_show(prompt_ids)}"
+        )
+    if getattr(prompt_ids, "ndim", 1) != 1:
+        raise ValueError(f"prompt_ids must be one-dimensional, got shape {tuple(prompt_ids.shape)}")
+    return len(prompt_ids)
+
+
+def _group_positions(group_ids: Any, num_rewards: int, num_prompts: int) -> np.ndarray:
+    """``group_ids`` as int64 positions in ``[0, num_prompts)``, one per reward, or raise."""
+    if isinstance(group_ids, (str, bytes, Mapping)) or np.ndim(group_ids) == 0:
+        raise TypeError(f"group_ids must be a 1-D array of integers, got {_show(group_ids)}")
+    g = np.asarray(group_ids.detach().cpu().numpy() if hasattr(group_ids, "detach") else group_ids)
+    if g.ndim != 1 or len(g) != num_rewards:
+        raise ValueError(
+            f"group_ids must be one-dimensional with one entry per reward ({num_rewards}), "
+            f"got shape {g.shape}"
+        )
+    if not len(g):
+        return g.astype(np.int64)
+    if g.dtype.kind not in "iu":
+        raise TypeError(
+            f"group_ids must be integers (positions in prompt_ids), got dtype {g.dtype}"
+        )
+    if g.min() < 0 or g.max() >= num_prompts:
+        raise ValueError(
+            f"group_ids must be integers in [0, {num_prompts}) (positions in prompt_ids), got "
+            f"range [{g.min()}, {g.max()}]"
+        )
+    return g.astype(np.int64, copy=False)
 
 
 def _plain(value: Any) -> Any:
@@ -192,7 +232,12 @@ class E3Scheduler:
         self.max_per_prompt = (
             None
             if max_per_prompt is None
-            else check_int("max_per_prompt", max_per_prompt, low=self.rollouts_per_prompt)
+            else check_int(
+                "max_per_prompt",
+                max_per_prompt,
+                low=self.rollouts_per_prompt,
+                low_name="rollouts_per_prompt",
+            )
         )
         self.success_threshold = check_float("success_threshold", success_threshold)
         self.refit_every = (
@@ -208,13 +253,30 @@ class E3Scheduler:
         )
         self.widen_per_epoch = check_int("widen_per_epoch", widen_per_epoch, low=0)
         if widen_limits is None:
-            widen_limits = (1, self.max_per_prompt or 2**31 - 1)
+            widen_limits = (1, self.max_per_prompt or max(2**31 - 1, self.rollouts_per_prompt))
+        if isinstance(widen_limits, (str, bytes, Mapping)) or np.ndim(widen_limits) != 1:
+            raise TypeError(
+                f"widen_limits must be a pair (n_low, n_high) of integers or None, got "
+                f"{_show(widen_limits)}"
+            )
+        if len(widen_limits) != 2:
+            raise ValueError(
+                f"widen_limits must be a pair (n_low, n_high), got {len(widen_limits)} values: "
+                f"{_show(widen_limits)}"
+            )
         low, high = widen_limits
-        check_int("widen_limits[0]", low, low=1, high=self.min_per_prompt)
-        check_int("widen_limits[1]", high, low=self.max_per_prompt or self.rollouts_per_prompt)
-        self.widen_limits = (int(low), int(high))
+        low = check_int(
+            "widen_limits[0]", low, low=1, high=self.min_per_prompt, high_name="min_per_prompt"
+        )
+        high = check_int(
+            "widen_limits[1]",
+            high,
+            low=self.max_per_prompt or self.rollouts_per_prompt,
+            low_name="max_per_prompt" if self.max_per_prompt else "rollouts_per_prompt",
+        )
+        self.widen_limits = (low, high)
         self.fixed_temperature = check_float("temperature", temperature, low=0, low_open=True)
-        self.seed = check_int("seed", seed)
+        self.seed = check_int("seed", seed, low=0, hint="numpy seeds are non-negative")
         self._rng = np.random.default_rng(self.seed)
         self.step = 0
         self.epoch = 0
@@ -324,7 +386,7 @@ class E3Scheduler:
         as ``e3/sample_temperature``. A step may be planned in several calls (a refill of a
         few prompts): they share the step's temperature.
         """
-        num = len(prompt_ids)
+        num = _check_prompt_ids(prompt_ids)
         if num == 0:
             raise ValueError("prompt_ids must not be empty")
         budget = self.budget(num)
@@ -364,26 +426,15 @@ class E3Scheduler:
                 there). None: no entropy in this call (the temperature is left as it is); give
                 it to :meth:`observe_entropy` when it comes.
         """
+        # Everything is checked before anything changes: a call that raises can be retried.
         if entropy is not None:
-            _entropy_or_none(entropy)  # a wrong type raises before anything changes
+            _entropy_or_none(entropy)  # a wrong type raises; NaN etc. are skipped later
         sample_temperature = (
             self.temperature if self._planned_temperature is None else self._planned_temperature
         )
-        num = len(prompt_ids)
+        num = _check_prompt_ids(prompt_ids)
         r = _to_numpy("rewards", rewards)
-        g = np.asarray(
-            group_ids.detach().cpu().numpy() if hasattr(group_ids, "detach") else group_ids
-        )
-        if g.ndim != 1 or len(g) != len(r):
-            raise ValueError(
-                f"group_ids must be one-dimensional with one entry per reward ({len(r)}), "
-                f"got shape {g.shape}"
-            )
-        if len(g) and (g.dtype.kind not in "iu" or g.min() < 0 or g.max() >= num):
-            raise ValueError(
-                f"group_ids must be integers in [0, {num}) (positions in prompt_ids), got "
-                f"dtype {g.dtype} with range [{g.min()}, {g.max()}]"
-            )
+        g = _group_positions(group_ids, len(r), num)
         trials = np.bincount(g, minlength=num).astype(np.float64)
         successes = np.bincount(g, weights=r >= self.success_threshold, minlength=num)
         seen = trials > 0
@@ -523,42 +574,114 @@ class E3Scheduler:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict` exactly (into a scheduler of the same configuration).
 
+        Transactional: the whole state (tracker, controller and the scheduler's own fields) is
+        checked first, and a state that fails leaves the scheduler, its tracker and its
+        controller exactly as they were. The bounds must fit this scheduler's configuration
+        (``widen_limits[0] <= min_per_prompt <= rollouts_per_prompt <= max_per_prompt <=
+        widen_limits[1]``, and ``max_per_prompt`` None exactly when configured None).
+
         Raises:
-            ValueError: The state has another :data:`STATE_VERSION`, misses keys, or disagrees
-                with this scheduler on having a controller.
+            TypeError, ValueError: A bad field, named as ``state['...']``; another
+                :data:`STATE_VERSION`; missing or unknown keys; disagreement with this
+                scheduler on having a controller.
         """
         if not isinstance(state, Mapping):
             raise TypeError(f"state must be a mapping, got {_show(state)}")
         version = state.get("version")
-        if version != STATE_VERSION:
+        if isinstance(version, bool) or version != STATE_VERSION:
             raise ValueError(
                 f"the scheduler state has version {version!r}, this e3core reads version "
                 f"{STATE_VERSION}: it was written by another e3core release; resume with that "
                 f"release or start the E3 state afresh"
             )
-        required = {"step", "epoch", "min_per_prompt", "max_per_prompt", "entropy_skipped"}
-        missing = (required | {"tracker", "controller", "rng"}) - set(state)
-        if missing:
-            raise ValueError(f"state is missing keys {sorted(missing)}")
+        required = {"version", "step", "epoch", "min_per_prompt", "max_per_prompt"}
+        required |= {"entropy_skipped", "tracker", "controller", "rng"}
+        check_state_keys("state", state, required, {"rank_snapshot"})
         if (state["controller"] is None) != (self.controller is None):
             raise ValueError(
                 "state and scheduler disagree on having a temperature controller: build the "
                 "scheduler with the same configuration before loading"
             )
-        step = check_int("step", state["step"], low=0)
-        epoch = check_int("epoch", state["epoch"], low=0)
-        min_per = check_int("min_per_prompt", state["min_per_prompt"], low=1)
+        step = check_int("state['step']", state["step"], low=0)
+        epoch = check_int("state['epoch']", state["epoch"], low=0)
+        low, high = self.widen_limits
+        g = self.rollouts_per_prompt
+        min_per = check_int(
+            "state['min_per_prompt']",
+            state["min_per_prompt"],
+            low=low,
+            high=g,
+            low_name="widen_limits[0]",
+            high_name="rollouts_per_prompt",
+        )
         mx = state["max_per_prompt"]
-        max_per = None if mx is None else check_int("max_per_prompt", mx, low=1)
-        skipped = check_int("entropy_skipped", state["entropy_skipped"], low=0)
-        rng = np.random.default_rng()
-        rng.bit_generator.state = dict(state["rng"])
-        self.tracker.load_state_dict(state["tracker"])
-        if self.controller is not None:
-            self.controller.load_state_dict(state["controller"])
+        if (mx is None) != (self.max_per_prompt is None):
+            raise ValueError(
+                f"state['max_per_prompt'] is {mx!r} but this scheduler's max_per_prompt is "
+                f"{self.max_per_prompt!r}: both must be None or both a bound"
+            )
+        max_per = (
+            None
+            if mx is None
+            else check_int(
+                "state['max_per_prompt']",
+                mx,
+                low=g,
+                high=high,
+                low_name="rollouts_per_prompt",
+                high_name="widen_limits[1]",
+            )
+        )
+        skipped = check_int("state['entropy_skipped']", state["entropy_skipped"], low=0)
+        rng = _rng_from_state(state["rng"])
+        commit_tracker = self.tracker._staged_load(state["tracker"], "state['tracker']")
+        commit_controller = (
+            None
+            if self.controller is None
+            else self.controller._staged_load(state["controller"], "state['controller']")
+        )
+        snap = state.get("rank_snapshot")
+        snapshot = None if snap is None else _rank_snapshot(snap, len(state["tracker"]["ids"]))
+
+        commit_tracker()
+        if commit_controller is not None:
+            commit_controller()
         self.step, self.epoch, self.entropy_skipped = step, epoch, skipped
         self.min_per_prompt, self.max_per_prompt = min_per, max_per
         self._rng = rng
-        snap = state.get("rank_snapshot")
-        self._rank_snapshot = None if snap is None else np.array(snap, dtype=np.float64)
+        self._rank_snapshot = snapshot
         self._planned_temperature = None
+
+
+def _rng_from_state(value: Any) -> np.random.Generator:
+    """A generator in the bit-generator state ``value`` (a ``state['rng']``), or raise."""
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            f"state['rng'] must be a numpy bit-generator state (a mapping), got {_show(value)}"
+        )
+    rng = np.random.default_rng()
+    kind = type(rng.bit_generator).__name__
+    given = value.get("bit_generator")
+    if given != kind:
+        raise ValueError(f"state['rng']['bit_generator'] must be {kind!r}, got {_show(given)}")
+    try:
+        rng.bit_generator.state = dict(value)
+    except (TypeError, ValueError, KeyError, OverflowError) as exc:
+        raise ValueError(f"state['rng'] is not a valid {kind} state: {exc!r}") from exc
+    return rng
+
+
+def _rank_snapshot(value: Any, num_ids: int) -> np.ndarray:
+    """``state['rank_snapshot']``: ranks in [0, 1], at most one per tracked id, or raise."""
+    name = "state['rank_snapshot']"
+    if isinstance(value, (str, bytes, Mapping)) or np.ndim(value) != 1:
+        raise TypeError(f"{name} must be a list of ranks in [0, 1] or None, got {_show(value)}")
+    arr = as_float_array(name, value)
+    if ((arr < 0) | (arr > 1)).any():
+        raise ValueError(f"{name} must lie in [0, 1], got values in [{arr.min()}, {arr.max()}]")
+    if len(arr) > num_ids:
+        raise ValueError(
+            f"{name} has {len(arr)} ranks but state['tracker'] tracks {num_ids} prompts (a "
+            f"snapshot ranks the prompts tracked at an epoch end, so at most that many)"
+        )
+    return arr

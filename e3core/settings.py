@@ -223,8 +223,17 @@ class E3Settings:
             prefix: How the settings are spelled in the user's configuration, for messages.
 
         Raises:
+            TypeError: ``mapping`` is not a mapping.
             ValueError: An unknown key (the message lists the known ones).
         """
+        is_mapping = isinstance(mapping, Mapping) or (
+            hasattr(mapping, "keys") and hasattr(mapping, "__getitem__")
+        )
+        if mapping is not None and not is_mapping:
+            raise TypeError(
+                f"mapping must be a mapping of setting names to values (a dict, an "
+                f"OmegaConf node) or None, got {type(mapping).__name__}: {mapping!r:.80}"
+            )
         data = dict(mapping or {})
         cls._check_names(data, prefix)
         return cls(**data)
@@ -373,7 +382,7 @@ class E3Settings:
                 low_open=True,
             )
         if self.seed is not None:
-            check_int(s("seed"), self.seed)
+            check_int(s("seed"), self.seed, low=0, hint="numpy seeds are non-negative")
         return dataclasses.replace(self, max_per_prompt=max_per)
 
     def _check_strategies(self, spell: Callable[[str], str]) -> None:
@@ -434,7 +443,7 @@ class E3Settings:
         if s.seed is not None:
             seed_value = s.seed
         else:
-            seed_value = 0 if seed is None else check_int("seed", seed)
+            seed_value = 0 if seed is None else check_int("seed", seed, low=0)
         return E3Scheduler(
             tracker=BetaDifficultyTracker(s.prior_alpha, s.prior_beta, decay=s.decay),
             allocator=s.allocator_object(prefix=prefix),

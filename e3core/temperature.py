@@ -31,13 +31,14 @@ the next step's rollouts. The controllers are registered by name in :data:`CONTR
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from e3core._registry import Registry
-from e3core._validation import _show, check_float, check_int
+from e3core._validation import _show, check_float, check_int, check_state_keys
 
 __all__ = [
     "CONTROLLERS",
@@ -55,12 +56,22 @@ CONTROLLERS: Registry[type[TemperatureController]] = Registry("controller")
 default) and ``"e3"`` (:class:`E3TemperatureController`, the paper's rule)."""
 
 
-def _missing(state: Mapping[str, Any], keys: set[str], what: str) -> None:
-    if not isinstance(state, Mapping):
-        raise TypeError(f"{what} state must be a mapping, got {_show(state)}")
-    missing = keys - set(state)
-    if missing:
-        raise ValueError(f"{what} state is missing keys {sorted(missing)}")
+def _commit_all(*commits: Callable[[], None]) -> Callable[[], None]:
+    """One function that runs the ``commits`` of a staged load in order."""
+
+    def commit() -> None:
+        for run in commits:
+            run()
+
+    return commit
+
+
+def _finite_product(gain: float, value: float) -> float:
+    """``gain * value``, saturated to the largest float instead of overflowing (0 * x = 0)."""
+    if gain == 0.0 or value == 0.0:
+        return 0.0
+    out = gain * value
+    return out if math.isfinite(out) else math.copysign(1e308, out)
 
 
 # ---------------------------------------------------------------------------- targets
@@ -85,8 +96,20 @@ class EntropyTarget:
         return {}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a :meth:`state_dict` exactly."""
-        _missing(state, set(), type(self).__name__)
+        """Restore a :meth:`state_dict` exactly; a bad state raises and changes nothing."""
+        self._staged_load(state, "state")()
+
+    def _staged_load(self, state: Any, where: str) -> Callable[[], None]:
+        """Check ``state`` whole; return the function that assigns it (which cannot fail).
+
+        A subclass that overrides only :meth:`load_state_dict` is checked by loading into a
+        copy first, so its load is transactional inside a controller's too.
+        """
+        if type(self).load_state_dict is not EntropyTarget.load_state_dict:
+            copy.deepcopy(self).load_state_dict(state)
+            return lambda: self.load_state_dict(state)
+        check_state_keys(where, state, set())
+        return lambda: None
 
 
 @dataclass(frozen=True)
@@ -144,11 +167,20 @@ class WarmupMeanTarget(EntropyTarget):
         """The entropies seen so far (their count and sum)."""
         return {"count": self.count, "total": self.total}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a :meth:`state_dict` exactly."""
-        _missing(state, {"count", "total"}, "WarmupMeanTarget")
-        self.count = check_int("count", state["count"], low=0, high=self.steps)
-        self.total = check_float("total", state["total"], low=0.0)
+    def _staged_load(self, state: Any, where: str) -> Callable[[], None]:
+        check_state_keys(where, state, {"count", "total"})
+        count = check_int(f"{where}['count']", state["count"], low=0, high=self.steps)
+        total = check_float(f"{where}['total']", state["total"], low=0.0)
+        if (count == 0) != (total == 0.0):
+            raise ValueError(
+                f"{where}['total'] must be 0 exactly when ['count'] is 0 (a sum of entropies "
+                f"> 0), got count={count}, total={total}"
+            )
+
+        def commit() -> None:
+            self.count, self.total = count, total
+
+        return commit
 
 
 @dataclass(frozen=True)
@@ -214,10 +246,9 @@ class CosineAnnealedTarget(EntropyTarget):
         """The base's state."""
         return {"base": self.base.state_dict()}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a :meth:`state_dict` exactly."""
-        _missing(state, {"base"}, "CosineAnnealedTarget")
-        self.base.load_state_dict(state["base"])
+    def _staged_load(self, state: Any, where: str) -> Callable[[], None]:
+        check_state_keys(where, state, {"base"})
+        return self.base._staged_load(state["base"], f"{where}['base']")
 
 
 # ---------------------------------------------------------------------------- controllers
@@ -285,16 +316,48 @@ class TemperatureController:
             ValueError: ``entropy`` is not finite and > 0 (nothing changes).
         """
         h = check_float("entropy", entropy, low=0.0, low_open=True)
-        self.step += 1
-        self.last_entropy = h
+        step = self.step + 1
+        saved = self.target.state_dict()
         self.target.observe(h)
-        target = self.target.value(self.step)
-        if target is not None:
-            self.temperature = self._next(math.log(target / h))
+        try:
+            target = self._checked_target(step)
+            temperature = self.temperature if target is None else self._next(target, h)
+        except BaseException:
+            self.target._staged_load(saved, "the target's own state")()
+            raise
+        self.step, self.last_entropy, self.temperature = step, h, temperature
         return self.temperature
 
-    def _next(self, error: float) -> float:
-        r"""The rule: the next temperature for the error :math:`\ln(H^*_t/H_t)`."""
+    def _checked_target(self, step: int) -> float | None:
+        """The target's value at ``step``: None, or a finite float > 0 (else it raises)."""
+        value = self.target.value(step)
+        if value is None:
+            return None
+        return check_float(
+            f"{type(self.target).__name__}.value({step})", value, low=0.0, low_open=True
+        )
+
+    def _next(self, target: float, entropy: float) -> float:
+        r"""The next temperature for target :math:`H^*_t` and entropy :math:`H_t`.
+
+        The error :math:`e_t = \ln H^*_t - \ln H_t` is taken as a difference of logs (finite
+        for any positive floats, where :math:`\ln(H^*_t/H_t)` overflows at :math:`H_t \approx
+        10^{-320}`); the rule's result is checked finite.
+        """
+        temperature = self._rule(math.log(target) - math.log(entropy))
+        if not math.isfinite(temperature):  # the rules clamp, so this is a bug, not bad input
+            raise RuntimeError(
+                f"{type(self).__name__} computed a non-finite temperature {temperature} for "
+                f"target {target} and entropy {entropy}"
+            )
+        return temperature
+
+    def _rule(self, error: float) -> float:
+        r"""The rule: the next temperature (inside the bounds) for the error :math:`e_t`.
+
+        Called with a finite error; may update the rule's own state (the PI integral), and is
+        only called once the step is known to be accepted.
+        """
         raise NotImplementedError
 
     def _clamp(self, temperature: float) -> float:
@@ -309,20 +372,54 @@ class TemperatureController:
             "target": self.target.state_dict(),
         }
 
+    #: Keys of :meth:`state_dict` beyond the shared ones (the PI controller's ``integral``).
+    _extra_state_keys: ClassVar[frozenset[str]] = frozenset()
+
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a :meth:`state_dict` exactly (into a controller of the same configuration)."""
-        _missing(state, {"temperature", "step", "target"}, "controller")
+        """Restore a :meth:`state_dict` exactly (into a controller of the same configuration).
+
+        Transactional: the whole state (the target's included) is checked first, against this
+        controller's bounds and kind (another controller's state has other keys and is
+        refused), and a state that fails leaves the controller and its target as they were.
+
+        Raises:
+            TypeError, ValueError: A bad field, named as ``state['...']``.
+        """
+        self._staged_load(state, "state")()
+
+    def _staged_load(self, state: Any, where: str) -> Callable[[], None]:
+        """Check ``state`` whole; return the function that assigns it (which cannot fail)."""
+        check_state_keys(
+            where,
+            state,
+            {"temperature", "step", "target", *self._extra_state_keys},
+            {"last_entropy"},
+        )
         temperature = check_float(
-            "temperature",
+            f"{where}['temperature']",
             state["temperature"],
             low=self.min_temperature,
             high=self.max_temperature,
+            low_name="min_temperature",
+            high_name="max_temperature",
         )
-        step = check_int("step", state["step"], low=0)
+        step = check_int(f"{where}['step']", state["step"], low=0)
         last = state.get("last_entropy")
-        last = None if last is None else check_float("last_entropy", last, low=0, low_open=True)
-        self.target.load_state_dict(state["target"])
-        self.temperature, self.step, self.last_entropy = temperature, step, last
+        if last is not None:
+            last = check_float(f"{where}['last_entropy']", last, low=0, low_open=True)
+        commit_target = self.target._staged_load(state["target"], f"{where}['target']")
+        commit_own = self._staged_extra(state, where)
+
+        def commit() -> None:
+            commit_target()
+            commit_own()
+            self.temperature, self.step, self.last_entropy = temperature, step, last
+
+        return commit
+
+    def _staged_extra(self, state: Mapping[str, Any], where: str) -> Callable[[], None]:
+        """Check and stage the subclass's own keys (:attr:`_extra_state_keys`)."""
+        return lambda: None
 
 
 @CONTROLLERS.register("pi")
@@ -365,31 +462,39 @@ class PITemperatureController(TemperatureController):
         self.kp = check_float("kp", self.kp, low=0.0)
         self.ki = check_float("ki", self.ki, low=0.0)
 
-    def _next(self, error: float) -> float:
+    _extra_state_keys: ClassVar[frozenset[str]] = frozenset({"integral"})
+
+    def _rule(self, error: float) -> float:
+        # All in log space, clamped before exp: huge gains or errors saturate at a bound instead
+        # of overflowing exp (kp = 1000, H = 1e-300) or making inf - inf = NaN.
         base = math.log(self.initial_temperature)
         log_lo, log_hi = math.log(self.min_temperature), math.log(self.max_temperature)
+        p_term = _finite_product(self.kp, error)
         integral = self.integral + error
         if self.ki > 0:
             # Clamping anti-windup: integrate only as far as the output reaching the bound.
-            at_hi = (log_hi - base - self.kp * error) / self.ki
-            at_lo = (log_lo - base - self.kp * error) / self.ki
+            at_hi = (log_hi - base - p_term) / self.ki
+            at_lo = (log_lo - base - p_term) / self.ki
             if error > 0 and integral > at_hi:
                 integral = max(self.integral, at_hi)
             elif error < 0 and integral < at_lo:
                 integral = min(self.integral, at_lo)
-        self.integral = integral
-        return self._clamp(math.exp(base + self.kp * error + self.ki * self.integral))
+        if math.isfinite(integral):
+            self.integral = integral
+        log_t = base + p_term + _finite_product(self.ki, self.integral)
+        return self._clamp(math.exp(min(max(log_t, log_lo), log_hi)))  # exp(log x) may miss x
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume exactly."""
         return {**super().state_dict(), "integral": self.integral}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a :meth:`state_dict` exactly."""
-        _missing(state, {"integral"}, "controller")
-        integral = check_float("integral", state["integral"])
-        super().load_state_dict(state)
-        self.integral = integral
+    def _staged_extra(self, state: Mapping[str, Any], where: str) -> Callable[[], None]:
+        integral = check_float(f"{where}['integral']", state["integral"])
+
+        def commit() -> None:
+            self.integral = integral
+
+        return commit
 
 
 @CONTROLLERS.register("e3")
@@ -423,6 +528,6 @@ class E3TemperatureController(TemperatureController):
         self.vocab_size = check_int("vocab_size", self.vocab_size, low=3)
         self.denominator = math.log(self.vocab_size) + math.log(math.log(self.vocab_size))
 
-    def _next(self, error: float) -> float:
-        t = self.temperature
+    def _rule(self, error: float) -> float:
+        t = self.temperature  # finite and bounded, the error finite: the result is +-inf at worst
         return self._clamp(t * (1.0 + t * error / self.denominator))

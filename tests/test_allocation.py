@@ -245,7 +245,7 @@ def test_thompson_needs_rng_and_is_reproducible():
     [
         ((0,), ValueError, "total must be >= 1"),
         ((10, 0), ValueError, "min_per_prompt must be >= 1"),
-        ((10, 3, 2), ValueError, "max_per_prompt must be >= 3"),
+        ((10, 3, 2), ValueError, r"max_per_prompt must be >= min_per_prompt \(3\)"),
         ((10.5,), TypeError, "total must be an integer"),
     ],
 )

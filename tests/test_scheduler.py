@@ -309,13 +309,17 @@ def test_bad_observe_inputs():
     [
         ({"rollouts_per_prompt": 0}, ValueError, "rollouts_per_prompt must be >= 1"),
         ({"min_per_prompt": 9}, ValueError, "min_per_prompt must be <= 8"),
-        ({"max_per_prompt": 4}, ValueError, "max_per_prompt must be >= 8"),
+        ({"max_per_prompt": 4}, ValueError, r"max_per_prompt must be >= rollouts_per_prompt \(8\)"),
         ({"refit_prior": "normal"}, ValueError, "refit_prior must be one of"),
         ({"controller": "pid"}, TypeError, "controller must be a TemperatureController"),
         ({"controller": lambda: 1.0}, TypeError, r"controller\(\) must return"),
         ({"allocator": object()}, TypeError, "allocator must have allocate"),
         ({"tracker": {}}, TypeError, "tracker must be a BetaDifficultyTracker"),
-        ({"widen_limits": (3, 40)}, ValueError, r"widen_limits\[0\] must be <= 2"),
+        (
+            {"widen_limits": (3, 40)},
+            ValueError,
+            r"widen_limits\[0\] must be <= min_per_prompt \(2\)",
+        ),
     ],
 )
 def test_bad_settings(kwargs, exc, match):

@@ -281,7 +281,7 @@ def test_target_state_round_trip(entropies, split):
 def test_target_states_are_checked():
     with pytest.raises(ValueError, match=r"missing keys \['total'\]"):
         WarmupMeanTarget(2).load_state_dict({"count": 1})
-    with pytest.raises(ValueError, match="count must be <= 2"):
+    with pytest.raises(ValueError, match=r"state\['count'\] must be <= 2"):
         WarmupMeanTarget(2).load_state_dict({"count": 3, "total": 1.0})
     ctrl = PITemperatureController()
     with pytest.raises(ValueError, match="missing keys"):

@@ -103,6 +103,10 @@ the logging window, not the window's mean (the other ``e3/`` metrics are per-ste
 and are averaged, as TRL averages its own)."""
 
 _TRAIN = "train"
+_BOUND_SETTINGS = frozenset(
+    {"min_per_prompt", "max_per_prompt", "widen_per_epoch", "widen_min", "widen_max"}
+)
+"""E3 settings that set the allocation bounds (the config's win on resume)."""
 _EPS = 1e-4  # TRL's epsilon in its advantage denominators
 
 
@@ -897,7 +901,14 @@ class E3GRPOTrainer(GRPOTrainer):
                 f"The settings that differ: {listing}"
             )
         sched_state = dict(state["scheduler"])
-        initial_bounds = (scheduler.min_per_prompt, scheduler.max_per_prompt)
+        if _BOUND_SETTINGS & set(changes):
+            # The config's bounds, widened as the checkpoint's epochs widened the saved ones;
+            # set before loading, since a load refuses bounds outside the scheduler's own.
+            low, high = scheduler.widen_limits
+            widen = scheduler.widen_per_epoch * int(sched_state.get("epoch", 0))
+            min0, max0 = scheduler.min_per_prompt, scheduler.max_per_prompt
+            sched_state["min_per_prompt"] = max(low, min0 - widen)
+            sched_state["max_per_prompt"] = None if max0 is None else min(high, max0 + widen)
         target_keys = {"target_entropy", "warmup_steps", "anneal_final_ratio"}
         if scheduler.controller is not None and sched_state.get("controller") is not None:
             ctrl = dict(sched_state["controller"])
@@ -910,7 +921,7 @@ class E3GRPOTrainer(GRPOTrainer):
             sched_state["controller"] = ctrl
         scheduler.load_state_dict(sched_state)
         if changes:
-            self._e3_apply_settings(scheduler, changes, initial_bounds)
+            self._e3_apply_settings(scheduler, changes)
             logger.warning(
                 "resuming with E3 settings that differ from the checkpoint's; the config's "
                 "settings apply, the checkpoint's state is kept: %s",
@@ -929,24 +940,16 @@ class E3GRPOTrainer(GRPOTrainer):
             self.set_temperature(temperature)
 
     def _e3_apply_settings(
-        self,
-        scheduler: E3Scheduler,
-        changes: Mapping[str, tuple[Any, Any]],
-        initial_bounds: tuple[int, int | None],
+        self, scheduler: E3Scheduler, changes: Mapping[str, tuple[Any, Any]]
     ) -> None:
-        """Put the config's settings back over a loaded state (see :meth:`e3_load_state_dict`)."""
+        """Put the config's tracker settings over a loaded state (see :meth:`e3_load_state_dict`).
+
+        The bounds were already set from the config before the load.
+        """
         settings = e3_settings(self.args)
         scheduler.tracker.decay = float(settings.decay)
         if {"prior_alpha", "prior_beta"} & set(changes):
             scheduler.tracker.prior = BetaPrior(settings.prior_alpha, settings.prior_beta)
-        if {"min_per_prompt", "max_per_prompt", "widen_per_epoch", "widen_min", "widen_max"} & set(
-            changes
-        ):
-            low, high = scheduler.widen_limits
-            widen = scheduler.widen_per_epoch * scheduler.epoch
-            min0, max0 = initial_bounds
-            scheduler.min_per_prompt = max(low, min0 - widen)
-            scheduler.max_per_prompt = None if max0 is None else min(high, max0 + widen)
 
     def _save_checkpoint(self, model, trial):  # type: ignore[no-untyped-def]
         """Write ``e3_scheduler.pt`` first (atomically), then TRL's checkpoint.

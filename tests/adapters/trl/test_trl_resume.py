@@ -273,6 +273,7 @@ def test_changed_settings_come_from_the_config_and_state_from_the_checkpoint(
         tmp_path,
         steps=8,
         e3_min_per_prompt=2,
+        e3_max_per_prompt=6,  # below the saved 10: the config's bounds are set before the load
         e3_decay=0.5,
         e3_prior_alpha=2.0,
         e3_refit_every=None,
@@ -284,15 +285,16 @@ def test_changed_settings_come_from_the_config_and_state_from_the_checkpoint(
     sched = trainer.e3_scheduler
     assert sched.step == 8 and sched.epoch == 2  # state: the checkpoint's, carried on
     assert len(trainer.e3_history) == 2
-    assert sched.min_per_prompt == 2  # settings: the config's
+    assert (sched.min_per_prompt, sched.max_per_prompt) == (2, 6)  # settings: the config's
     assert sched.tracker.decay == 0.5
     assert sched.tracker.prior.state_dict()["alpha"] == 2.0
     assert sched.controller.kp == 0.3 and sched.controller.temperature <= 1.2
-    assert all(min(h["counts"]) >= 2 for h in trainer.e3_history)
+    assert all(min(h["counts"]) >= 2 and max(h["counts"]) <= 6 for h in trainer.e3_history)
     messages = [r.getMessage() for r in caplog.records if "differ from the checkpoint" in r.message]
     assert len(messages) == 1  # logged once
     for text in (
         "e3_min_per_prompt: 1 -> 2",
+        "e3_max_per_prompt: 10 -> 6",
         "e3_decay: 1.0 -> 0.5",
         "e3_kp: 0.1 -> 0.3",
         "e3_refit_every: 2 -> None",
