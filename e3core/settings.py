@@ -185,6 +185,12 @@ class E3Settings:
     seed: int | None = _setting(
         None, "Seed of the scheduler's random generator (None: the framework's seed, else 0)."
     )
+    resume_fresh: bool = _setting(
+        False,
+        "Resume from a checkpoint with a fresh E3 scheduler (step, epoch, counts, prior and "
+        "temperature start anew), not reading its E3 state. False: resuming from a checkpoint "
+        "without E3 state (plain GRPO's) is an error.",
+    )
 
     # ------------------------------------------------------------------ help
     @classmethod
@@ -383,6 +389,8 @@ class E3Settings:
             )
         if self.seed is not None:
             check_int(s("seed"), self.seed, low=0, hint="numpy seeds are non-negative")
+        if not isinstance(self.resume_fresh, bool):
+            raise TypeError(f"{s('resume_fresh')} must be a bool, got {self.resume_fresh!r}")
         return dataclasses.replace(self, max_per_prompt=max_per)
 
     def _check_strategies(self, spell: Callable[[str], str]) -> None:

@@ -15,8 +15,10 @@ One :class:`~e3core.E3Scheduler` lives in the trainer actor. Each step (E3, Liao
    set; 0 logs it without adding it to the loss) to ``scheduler.observe_entropy``, which sets
    :math:`T_{t+1}` (a missing one is skipped and counted there). The scheduler's ``e3/``
    metrics join OpenRLHF's status.
-5. The scheduler's state rides in the actor checkpoint's ``client_states`` (``e3_scheduler``)
-   and is restored when training resumes.
+5. The scheduler's state rides in the actor checkpoint's ``client_states`` (``e3_scheduler``,
+   with the settings it ran under in ``e3_settings``) and is restored when training resumes,
+   under the ``--e3.*`` settings (:func:`e3core.resume.load_scheduler_state`); a resumed
+   checkpoint without it is refused unless ``--e3.resume_fresh true``.
 
 Settings come from ``args.e3`` (the launcher's ``--e3.<name>`` flags; see
 :class:`e3core.settings.E3Settings`), read by
@@ -27,7 +29,9 @@ when the generator makes the sample, and carried with it
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 from typing import Any
 
 import numpy as np
@@ -37,14 +41,18 @@ from openrlhf.trainer.ppo_trainer import PPOTrainer
 
 from e3core.adapters.openrlhf.experience import E3ExperienceMaker
 from e3core.adapters.openrlhf.generator import E3SamplesGenerator, sample_key
-from e3core.adapters.openrlhf.launcher import read_e3_args
+from e3core.adapters.openrlhf.launcher import _NAMES, read_e3_args
+from e3core.resume import load_scheduler_state
 from e3core.scheduler import E3Scheduler
 
-__all__ = ["STATE_KEY", "E3PPOTrainer", "E3PPOTrainerBase", "read_e3_args"]
+__all__ = ["SETTINGS_KEY", "STATE_KEY", "E3PPOTrainer", "E3PPOTrainerBase", "read_e3_args"]
 
 logger = logging.getLogger(__name__)
 
 STATE_KEY = "e3_scheduler"
+"""The ``client_states`` key of the scheduler's state in OpenRLHF's actor checkpoint."""
+SETTINGS_KEY = "e3_settings"
+"""The ``client_states`` key of the :class:`~e3core.settings.E3Settings` the state ran under."""
 _ENTROPY_HINT = (
     "OpenRLHF logs the entropy as status['entropy_loss'] only when --actor.entropy_coef is set "
     "(0 logs it without adding it to the loss)."
@@ -126,20 +134,57 @@ class E3PPOTrainerBase(PPOTrainer.__ray_actor_class__):  # type: ignore[misc, na
     def save_logs_and_checkpoints(
         self, global_step: int, logs_dict: dict | None = None, client_states: dict | None = None
     ) -> None:
-        """OpenRLHF's logging and checkpoint, with the scheduler in ``client_states``."""
+        """OpenRLHF's logging and checkpoint, with the E3 state in ``client_states``.
+
+        The scheduler's state and the settings it ran under are saved by DeepSpeed with the
+        model, in one checkpoint.
+        """
         client_states = dict(client_states or {})
         client_states[STATE_KEY] = self.e3_scheduler.state_dict()
+        client_states[SETTINGS_KEY] = dataclasses.asdict(self.e3_settings)
         super().save_logs_and_checkpoints(global_step, logs_dict, client_states)
 
     def restore_best_checkpoint_state(self, checkpoint_states: dict) -> None:
-        """OpenRLHF's restore, and the scheduler's state when the checkpoint has it."""
+        """OpenRLHF's restore, then the scheduler's state under the ``--e3.*`` settings.
+
+        A resumed checkpoint (``global_step`` > 0) without the E3 state is refused, naming the
+        checkpoint folder and ``--e3.resume_fresh`` (which starts the scheduler afresh without
+        reading it); an invalid state is refused naming the folder. The state is loaded by
+        :func:`e3core.resume.load_scheduler_state` (settings from the flags, state from the
+        checkpoint, a changed controller kind is an error listing the differences).
+        """
         super().restore_best_checkpoint_state(checkpoint_states)
-        state = (checkpoint_states or {}).get(STATE_KEY)
-        if state is not None:
-            self.e3_scheduler.load_state_dict(state)
-            self.samples_generator.e3_temperature = self.e3_scheduler.temperature
-        elif (checkpoint_states or {}).get("global_step", 0):
-            logger.warning("e3: the checkpoint has no scheduler state; it starts afresh")
+        states = checkpoint_states or {}
+        if not states.get("global_step", 0):
+            return
+        where = f"the checkpoint in {os.path.join(str(self.args.ckpt.path), '_actor')}"
+        if self.e3_settings.resume_fresh:
+            logger.warning(
+                "--e3.resume_fresh=true: the E3 scheduler starts afresh; %s's E3 state is not read",
+                where,
+            )
+            return
+        state = states.get(STATE_KEY)
+        if state is None:
+            raise ValueError(
+                f"{where} has no E3 state (client_states[{STATE_KEY!r}]): a checkpoint of "
+                "plain OpenRLHF, or one written before its E3 state. Set "
+                "--e3.resume_fresh=true to resume it with a fresh E3 scheduler (step, epoch, "
+                "counts, prior and temperature start anew)"
+            )
+        try:
+            load_scheduler_state(
+                self.e3_scheduler,
+                state,
+                saved_settings=states.get(SETTINGS_KEY),
+                settings=self.e3_settings,
+                prefix="--e3.",
+                names=_NAMES,
+                log=logger,
+            )
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ValueError(f"{where}, client_states[{STATE_KEY!r}]: {exc}") from exc
+        self.samples_generator.e3_temperature = self.e3_scheduler.temperature
 
 
 def _scalar(value: Any) -> float:

@@ -4,8 +4,8 @@ The ``e3_`` fields are generated from :class:`~e3core.settings.E3Settings`: one 
 setting, with its type, default and help text, so a new setting reaches TRL's config, its
 ``--help`` and the docs' field table without being written here. Two settings TRL already has
 are not repeated: the initial temperature is TRL's ``temperature`` and :math:`G` is TRL's
-``num_generations``. Three fields are TRL's only: ``e3_prompt_id_column``, ``e3_history_file``
-and ``e3_resume_fresh`` (see :class:`E3GRPOConfig`).
+``num_generations``. Two fields are TRL's only: ``e3_prompt_id_column`` and ``e3_history_file``
+(see :class:`E3GRPOConfig`).
 
 Every field is a plain type so ``TrlParser`` reads it from YAML or the command line
 (``--e3_allocator rank``). The budget per generation step is TRL's own:
@@ -36,9 +36,8 @@ TRL_NAMES: dict[str, str] = {
 }
 """E3 quantities TRL's config already holds under its own names (no ``e3_`` field for them)."""
 
-TRL_ONLY_FIELDS = ("e3_prompt_id_column", "e3_history_file", "e3_resume_fresh")
-"""``e3_`` fields that are not E3 settings: how TRL's rows are identified and logged, and how a
-checkpoint without E3 state is resumed."""
+TRL_ONLY_FIELDS = ("e3_prompt_id_column", "e3_history_file")
+"""``e3_`` fields that are not E3 settings: how TRL's rows are identified and logged."""
 
 
 def _settings_fields() -> list[tuple[str, Any, Any]]:
@@ -82,8 +81,6 @@ class E3GRPOConfig(_E3SettingsFields, GRPOConfig):
 
     * ``e3_prompt_id_column``: dataset column with a stable prompt id.
     * ``e3_history_file``: the per-step metrics CSV, relative to ``output_dir``.
-    * ``e3_resume_fresh``: resume from a checkpoint without E3 state (plain GRPO's) with a
-      fresh scheduler instead of refusing.
     """
 
     e3_prompt_id_column: str | None = field(
@@ -103,15 +100,6 @@ class E3GRPOConfig(_E3SettingsFields, GRPOConfig):
         },
     )
 
-    e3_resume_fresh: bool = field(
-        default=False,
-        metadata={
-            "help": "Resume with a fresh E3 scheduler (step, epoch, counts, prior and "
-            "temperature start anew), ignoring the checkpoint's e3_scheduler.pt or its absence. "
-            "False: resuming from a checkpoint without e3_scheduler.pt (plain GRPO's) is an error."
-        },
-    )
-
     def __post_init__(self) -> None:
         """TRL's checks, then the E3 settings' (:meth:`E3Settings.validate`), then TRL's own."""
         super().__post_init__()
@@ -128,8 +116,6 @@ class E3GRPOConfig(_E3SettingsFields, GRPOConfig):
                 "e3_prompt_id_column must be a non-empty column name or None, got "
                 f"{self.e3_prompt_id_column!r}"
             )
-        if not isinstance(self.e3_resume_fresh, bool):
-            raise TypeError(f"e3_resume_fresh must be a bool, got {self.e3_resume_fresh!r}")
         if self.e3_history_file is not None and (
             not isinstance(self.e3_history_file, str) or not self.e3_history_file
         ):

@@ -56,8 +56,8 @@ from e3core.adapters.trl.config import PREFIX, TRL_NAMES, E3GRPOConfig, e3_setti
 from e3core.adapters.trl.history import HistoryCsv
 from e3core.advantages import group_advantages, group_loss_weights
 from e3core.checkpoint_io import atomic_torch_save
-from e3core.priors import BetaPrior
 from e3core.prompt_keys import prompt_key
+from e3core.resume import load_scheduler_state
 from e3core.scheduler import E3Scheduler
 
 __all__ = [
@@ -103,10 +103,6 @@ the logging window, not the window's mean (the other ``e3/`` metrics are per-ste
 and are averaged, as TRL averages its own)."""
 
 _TRAIN = "train"
-_BOUND_SETTINGS = frozenset(
-    {"min_per_prompt", "max_per_prompt", "widen_per_epoch", "widen_min", "widen_max"}
-)
-"""E3 settings that set the allocation bounds (the config's win on resume)."""
 _EPS = 1e-4  # TRL's epsilon in its advantage denominators
 
 
@@ -165,11 +161,6 @@ def set_fused_head_temperature(model: torch.nn.Module, temperature: float) -> No
 def fused_head_temperature(model: torch.nn.Module) -> float:
     """The temperature in the closure of TRL's fused LM head (see set_fused_head_temperature)."""
     return float(_fused_head_cell(model).cell_contents)
-
-
-def _spell(name: str) -> str:
-    """How TRL's config spells the E3 setting ``name`` (``e3_x``, or TRL's own name)."""
-    return TRL_NAMES.get(name, PREFIX + name)
 
 
 class EpochRepeatSampler(RepeatSampler):
@@ -861,16 +852,14 @@ class E3GRPOTrainer(GRPOTrainer):
     def e3_load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`e3_state_dict`: the checkpoint's state under the config's settings.
 
-        The rule when the config's E3 settings differ from those saved with the state: the
-        config wins for every setting (bounds, decay, prior, gains, temperature bounds, target,
-        allocator, refit cadence), the checkpoint for the state (counts, temperature, integral,
-        step, epoch, generator). Concretely, after loading the state: the tracker takes the
-        config's ``decay`` and, when ``prior_alpha``/``prior_beta`` changed, the config's Beta
-        prior; the bounds are the config's widened by the checkpoint's epoch count; the saved
-        temperature is clamped into the config's temperature bounds; a changed entropy target
-        (``target_entropy``, ``warmup_steps``, ``anneal_final_ratio``) starts its measurement
-        afresh. Every applied difference is logged once. A changed ``controller`` (the state of
-        one controller kind means nothing to another) is an error listing every difference.
+        The scheduler's state is loaded by :func:`e3core.resume.load_scheduler_state`, the one
+        rule of every adapter: the config wins for every setting (bounds, decay, prior, gains,
+        temperature bounds, target, allocator, refit cadence), the checkpoint for the state
+        (counts, temperature, integral, step, epoch, generator); every applied difference is
+        logged once, and a changed ``e3_controller`` (the state of one controller kind means
+        nothing to another) is an error listing every difference. The trainer's temperature is
+        the saved one, clamped into the config's temperature bounds (or the config's
+        ``temperature`` when it changed and no controller runs).
 
         Raises:
             ValueError: The state misses keys, is invalid, or its controller kind differs from
@@ -880,53 +869,16 @@ class E3GRPOTrainer(GRPOTrainer):
         if missing:
             raise ValueError(f"the {SCHEDULER_FILE} state is missing keys {sorted(missing)}")
         scheduler = self.e3_scheduler
-        saved = state.get("settings")
-        changes: dict[str, tuple[Any, Any]] = {}
-        if saved is not None and self._e3_scheduler_from_config:
-            current = dataclasses.asdict(e3_settings(self.args))
-            changes = {
-                name: (saved.get(name), value)
-                for name, value in current.items()
-                if name in saved and saved[name] != value
-            }
-        listing = ", ".join(
-            f"{_spell(name)}: {old!r} -> {new!r}" for name, (old, new) in sorted(changes.items())
+        from_config = self._e3_scheduler_from_config
+        changes = load_scheduler_state(
+            scheduler,
+            state["scheduler"],
+            saved_settings=state.get("settings") if from_config else None,
+            settings=e3_settings(self.args) if from_config else None,
+            prefix=PREFIX,
+            names=TRL_NAMES,
+            log=logger,
         )
-        if "controller" in changes:
-            raise ValueError(
-                f"the checkpoint's E3 state was written with {_spell('controller')}="
-                f"{changes['controller'][0]!r}, the config has {changes['controller'][1]!r}: "
-                "one controller's state means nothing to another. Resume with the saved "
-                "controller, or set e3_resume_fresh=True to start the E3 scheduler afresh. "
-                f"The settings that differ: {listing}"
-            )
-        sched_state = dict(state["scheduler"])
-        if _BOUND_SETTINGS & set(changes):
-            # The config's bounds, widened as the checkpoint's epochs widened the saved ones;
-            # set before loading, since a load refuses bounds outside the scheduler's own.
-            low, high = scheduler.widen_limits
-            widen = scheduler.widen_per_epoch * int(sched_state.get("epoch", 0))
-            min0, max0 = scheduler.min_per_prompt, scheduler.max_per_prompt
-            sched_state["min_per_prompt"] = max(low, min0 - widen)
-            sched_state["max_per_prompt"] = None if max0 is None else min(high, max0 + widen)
-        target_keys = {"target_entropy", "warmup_steps", "anneal_final_ratio"}
-        if scheduler.controller is not None and sched_state.get("controller") is not None:
-            ctrl = dict(sched_state["controller"])
-            if target_keys & set(changes):
-                ctrl["target"] = scheduler.controller.target.state_dict()
-            if "temperature" in ctrl:
-                low = scheduler.controller.min_temperature
-                high = scheduler.controller.max_temperature
-                ctrl["temperature"] = min(max(float(ctrl["temperature"]), low), high)
-            sched_state["controller"] = ctrl
-        scheduler.load_state_dict(sched_state)
-        if changes:
-            self._e3_apply_settings(scheduler, changes)
-            logger.warning(
-                "resuming with E3 settings that differ from the checkpoint's; the config's "
-                "settings apply, the checkpoint's state is kept: %s",
-                listing,
-            )
         self._e3_entropies = [float(x) for x in state["pending_entropies"]]
         self._e3_generation = int(state["generation"])
         if self.args.e3_enabled:
@@ -938,18 +890,6 @@ class E3GRPOTrainer(GRPOTrainer):
             elif "initial_temperature" in changes:
                 temperature = scheduler.fixed_temperature
             self.set_temperature(temperature)
-
-    def _e3_apply_settings(
-        self, scheduler: E3Scheduler, changes: Mapping[str, tuple[Any, Any]]
-    ) -> None:
-        """Put the config's tracker settings over a loaded state (see :meth:`e3_load_state_dict`).
-
-        The bounds were already set from the config before the load.
-        """
-        settings = e3_settings(self.args)
-        scheduler.tracker.decay = float(settings.decay)
-        if {"prior_alpha", "prior_beta"} & set(changes):
-            scheduler.tracker.prior = BetaPrior(settings.prior_alpha, settings.prior_beta)
 
     def _save_checkpoint(self, model, trial):  # type: ignore[no-untyped-def]
         """Write ``e3_scheduler.pt`` first (atomically), then TRL's checkpoint.

@@ -24,11 +24,14 @@ Each step (E3, Liao et al., arXiv 2505.18573, Alg. 1):
 
 ``trainer_mode`` reads ``"sync"`` inside the trainer, so verl's sync-only paths (replay buffer,
 checkpoints) are the ones taken. The scheduler's state is saved as ``e3_scheduler.pt`` in every
-``global_step_N`` checkpoint folder and restored on resume.
+``global_step_N`` checkpoint folder (first, atomically, with the settings it ran under) and
+restored on resume under the ``e3`` settings (:func:`e3core.resume.load_scheduler_state`); a
+checkpoint without it, or a corrupt one, is refused unless ``e3.resume_fresh=true``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import os
@@ -51,6 +54,7 @@ from e3core.adapters.verl.rollout import (
 )
 from e3core.checkpoint_io import atomic_torch_save
 from e3core.prompt_keys import prompt_key
+from e3core.resume import load_scheduler_state
 from e3core.scheduler import E3Scheduler
 from e3core.settings import E3Settings
 
@@ -313,15 +317,39 @@ class E3PPOTrainerSync(PPOTrainerSync):
 
     # ------------------------------------------------------------------ checkpoints
     def e3_state_dict(self) -> dict[str, Any]:
-        """What a resumed run needs: the scheduler's state (tracker, controller, bounds)."""
-        return {"scheduler": self.e3_scheduler.state_dict()}
+        """What a resumed run needs: the scheduler's state, and the settings it ran under."""
+        return {
+            "scheduler": self.e3_scheduler.state_dict(),
+            "settings": dataclasses.asdict(self.e3_settings),
+        }
 
-    def e3_load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`e3_state_dict` and the driver's temperature."""
+    def e3_load_state_dict(self, state: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """Restore :meth:`e3_state_dict` under the ``e3`` settings, and the driver's temperature.
+
+        :func:`e3core.resume.load_scheduler_state` applies the one rule: settings from the
+        config, state from the checkpoint, a changed controller kind is an error listing the
+        differences, applied differences logged once.
+
+        Returns:
+            The applied differences, ``{name: (saved, current)}``.
+
+        Raises:
+            ValueError: Not an ``e3_sync`` state, an invalid one, or a changed controller kind.
+        """
         if not isinstance(state, dict) or "scheduler" not in state:
-            raise ValueError(f"not an e3_sync state (keys: {sorted(state)})")
-        self.e3_scheduler.load_state_dict(state["scheduler"])
+            keys = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"not an e3_sync state (keys: {keys})")
+        changes = load_scheduler_state(
+            self.e3_scheduler,
+            state["scheduler"],
+            saved_settings=state.get("settings"),
+            settings=self.e3_settings,
+            prefix="e3.",
+            names=_NAMES,
+            log=logger,
+        )
         _set_driver_temperature(self.config, self.e3_scheduler.temperature)
+        return changes
 
     def _save_checkpoint(self) -> None:
         # Written before verl's own files, and atomically (temporary file, fsync, rename), so a
@@ -334,27 +362,39 @@ class E3PPOTrainerSync(PPOTrainerSync):
         super()._save_checkpoint()
 
     def _load_checkpoint(self) -> Any:
+        """Verl's resume, then the E3 state of the same ``global_step_N`` folder.
+
+        A checkpoint without ``e3_scheduler.pt`` is refused (naming the file and
+        ``e3.resume_fresh``), as is a corrupt one; ``e3.resume_fresh=true`` starts the scheduler
+        afresh without reading it.
+        """
         result = super()._load_checkpoint()
-        if self.global_steps > 0:
-            path = os.path.join(_checkpoint_folder(self.config, self.global_steps), STATE_FILE)
-            if os.path.exists(path):
-                try:
-                    state = torch.load(path, map_location="cpu", weights_only=True)
-                except Exception as exc:  # a truncated or foreign file: torch raises many kinds
-                    raise ValueError(
-                        f"{path} cannot be read as an E3 state ({type(exc).__name__}: {exc}); it "
-                        "is corrupt or truncated: resume from another checkpoint, or delete it "
-                        "to start the E3 scheduler afresh"
-                    ) from exc
-                try:
-                    self.e3_load_state_dict(state)
-                except (ValueError, TypeError, KeyError) as exc:
-                    raise ValueError(f"{path}: {exc}") from exc
-                logger.info("e3: restored the scheduler from %s", path)
-            else:
-                logger.warning(
-                    "e3: %s not found; the scheduler starts afresh (tracker, controller and "
-                    "bounds are not restored)",
-                    path,
-                )
+        if self.global_steps <= 0:
+            return result
+        path = os.path.join(_checkpoint_folder(self.config, self.global_steps), STATE_FILE)
+        if self.e3_settings.resume_fresh:
+            logger.warning(
+                "e3.resume_fresh=true: the E3 scheduler starts afresh, %s is not read", path
+            )
+            return result
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{path} does not exist: the checkpoint has no E3 state (a checkpoint of plain "
+                "GRPO, or one written before its E3 state). Set e3.resume_fresh=true to resume "
+                "it with a fresh E3 scheduler (step, epoch, counts, prior and temperature start "
+                "anew)"
+            )
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a truncated or foreign file: torch raises many kinds
+            raise ValueError(
+                f"{path} cannot be read as an E3 state ({type(exc).__name__}: {exc}); it is "
+                "corrupt or truncated: resume from another checkpoint, or set "
+                "e3.resume_fresh=true to start the E3 scheduler afresh"
+            ) from exc
+        try:
+            self.e3_load_state_dict(state)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+        logger.info("e3: restored the scheduler from %s", path)
         return result

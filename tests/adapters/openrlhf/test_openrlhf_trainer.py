@@ -22,7 +22,12 @@ from e3core import prompt_key
 from e3core.adapters.openrlhf import launcher
 from e3core.adapters.openrlhf.experience import E3ExperienceMaker
 from e3core.adapters.openrlhf.generator import PROMPT_KEY_INFO, E3SamplesGenerator
-from e3core.adapters.openrlhf.trainer import STATE_KEY, E3PPOTrainerBase, read_e3_args
+from e3core.adapters.openrlhf.trainer import (
+    SETTINGS_KEY,
+    STATE_KEY,
+    E3PPOTrainerBase,
+    read_e3_args,
+)
 
 UPSTREAM = PPOTrainer.__ray_actor_class__
 
@@ -151,6 +156,82 @@ def test_checkpoint_round_trip_resumes_the_scheduler(monkeypatch, local_ray):
     keys = [prompt_key(f"p{i}") for i in range(4)]
     a, b = trainer.e3_scheduler.plan(keys), resumed.e3_scheduler.plan(keys)
     assert a.counts.tolist() == b.counts.tolist() and a.temperature == b.temperature
+
+
+def _saved_states(monkeypatch, local_ray, steps=3, **e3):
+    """The ``client_states`` of a checkpoint after ``steps`` steps, and the trainer that saved."""
+    trainer, actor, _ = _trainer(monkeypatch, local_ray, target_entropy=0.5, **e3)
+    monkeypatch.setattr(UPSTREAM, "train_step", lambda self, s, g: ({"entropy_loss": 0.2}, g + 1))
+    rng = np.random.default_rng(0)
+    for step in range(steps):
+        batch = [f"p{i}" for i in range(4 * step, 4 * step + 4)]
+        plan = trainer.e3_scheduler.plan([prompt_key(p) for p in batch])
+        pairs = [
+            (p, float(rng.random() < 0.5)) for p, c in zip(batch, plan.counts) for _ in range(c)
+        ]
+        trainer.samples_generator.e3_temperature = plan.temperature
+        trainer.train_step(_samples(pairs), step)
+    trainer.save_logs_and_checkpoints(steps, {}, {"global_step": steps})
+    return dict(actor.client_states), trainer
+
+
+def test_a_checkpoint_without_e3_state_is_refused_naming_it_and_the_option(monkeypatch, local_ray):
+    states, _ = _saved_states(monkeypatch, local_ray)
+    assert states[SETTINGS_KEY]["target_entropy"] == 0.5
+    del states[STATE_KEY]
+    resumed, _, _ = _trainer(monkeypatch, local_ray, target_entropy=0.5)
+    with pytest.raises(ValueError, match=r"--e3\.resume_fresh=true") as info:
+        resumed.restore_best_checkpoint_state(states)
+    assert "/nonexistent/_actor" in str(info.value)
+
+    fresh, _, _ = _trainer(monkeypatch, local_ray, target_entropy=0.5, resume_fresh=True)
+    fresh.restore_best_checkpoint_state(states)
+    assert fresh.e3_scheduler.step == 0  # started afresh, as asked
+    # a fresh run's states (global_step 0) carry no E3 state and need none
+    resumed.restore_best_checkpoint_state({"global_step": 0, "episode": 0})
+    assert resumed.e3_scheduler.step == 0
+
+
+def test_an_invalid_e3_state_is_refused_naming_the_checkpoint(monkeypatch, local_ray):
+    states, _ = _saved_states(monkeypatch, local_ray)
+    states[STATE_KEY] = {**states[STATE_KEY], "step": -1}
+    resumed, _, _ = _trainer(monkeypatch, local_ray, target_entropy=0.5)
+    before = resumed.e3_scheduler.state_dict()
+    with pytest.raises(ValueError, match=r"state\['step'\]") as info:
+        resumed.restore_best_checkpoint_state(states)
+    assert "/nonexistent/_actor" in str(info.value)
+    assert resumed.e3_scheduler.state_dict() == before
+
+
+def test_changed_settings_come_from_the_flags_and_state_from_the_checkpoint(
+    monkeypatch, local_ray, caplog
+):
+    states, first = _saved_states(monkeypatch, local_ray)
+    resumed, _, _ = _trainer(
+        monkeypatch, local_ray, target_entropy=0.5, decay=0.5, kp=0.3, min_per_prompt=3
+    )
+    with caplog.at_level("WARNING", logger="e3core.adapters.openrlhf.trainer"):
+        resumed.restore_best_checkpoint_state(states)
+    sched, before = resumed.e3_scheduler, first.e3_scheduler
+    assert sched.step == before.step == 3 and sched.tracker.ids == before.tracker.ids
+    assert sched.controller.integral == before.controller.integral
+    assert sched.tracker.decay == 0.5 and sched.controller.kp == 0.3  # the flags'
+    assert sched.min_per_prompt == 3
+    assert resumed.samples_generator.e3_temperature == sched.temperature
+    messages = [r.getMessage() for r in caplog.records if "differ from the checkpoint" in r.message]
+    assert len(messages) == 1
+    for text in ("--e3.decay: 1.0 -> 0.5", "--e3.kp: 0.1 -> 0.3", "--e3.min_per_prompt: 2 -> 3"):
+        assert text in messages[0]
+
+
+def test_a_changed_controller_kind_is_an_error_listing_the_differences(monkeypatch, local_ray):
+    states, _ = _saved_states(monkeypatch, local_ray)
+    resumed, _, _ = _trainer(monkeypatch, local_ray, controller="none", decay=0.9)
+    with pytest.raises(ValueError, match=r"--e3\.controller='pi'") as info:
+        resumed.restore_best_checkpoint_state(states)
+    text = str(info.value)
+    assert "--e3.controller: 'pi' -> 'none'" in text and "--e3.decay: 1.0 -> 0.9" in text
+    assert "--e3.resume_fresh=True" in text
 
 
 @pytest.mark.parametrize(

@@ -84,6 +84,7 @@ def test_e3_settings_reads_every_setting(tmp_path: Path) -> None:
         "loss_weighting": "prompt",
         "baseline": "leave_one_out",
         "seed": 5,
+        "resume_fresh": True,
     }
     assert set(changed) == {f.name for f in dataclasses.fields(E3Settings)}
     defaults = E3Settings()

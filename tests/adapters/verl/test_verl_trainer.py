@@ -354,3 +354,83 @@ def test_a_corrupt_checkpoint_state_is_refused_naming_the_file(make_trainer, mon
     with pytest.raises(ValueError, match="corrupt or truncated") as info:
         resumed._load_checkpoint()
     assert str(path) in str(info.value)
+
+
+def _saved_after_steps(make_trainer, monkeypatch, tmp_path, *overrides, steps=4):
+    """A ``global_step_{steps}`` folder holding the E3 state of a run of ``steps`` steps."""
+    monkeypatch.setattr(PPOTrainer, "_save_checkpoint", lambda self: None)
+    first = make_trainer(f"trainer.default_local_dir={tmp_path}", *overrides, prompts=PROMPTS)
+    _run_steps(first, steps, RATES, seed=1)
+    first.global_steps = steps
+
+    def fake_load(self):
+        self.global_steps = steps
+
+    first._save_checkpoint()
+    monkeypatch.setattr(PPOTrainer, "_load_checkpoint", fake_load)
+    return first, tmp_path / f"global_step_{steps}" / "e3_scheduler.pt"
+
+
+def test_a_checkpoint_without_e3_state_is_refused_naming_the_file_and_the_option(
+    make_trainer, monkeypatch, tmp_path
+):
+    _, path = _saved_after_steps(make_trainer, monkeypatch, tmp_path)
+    path.unlink()
+    resumed = make_trainer(f"trainer.default_local_dir={tmp_path}", prompts=PROMPTS)
+    with pytest.raises(FileNotFoundError, match=r"e3\.resume_fresh=true") as info:
+        resumed._load_checkpoint()
+    assert str(path) in str(info.value)
+
+    fresh = make_trainer(
+        f"trainer.default_local_dir={tmp_path}", "+e3.resume_fresh=true", prompts=PROMPTS
+    )
+    fresh._load_checkpoint()
+    assert fresh.e3_scheduler.step == 0  # started afresh, as asked
+
+
+def test_changed_settings_come_from_the_config_and_state_from_the_checkpoint(
+    make_trainer, monkeypatch, tmp_path, caplog
+):
+    first, path = _saved_after_steps(make_trainer, monkeypatch, tmp_path, "+e3.min_per_prompt=1")
+    saved = torch.load(path, weights_only=True)
+    assert saved["settings"]["min_per_prompt"] == 1 and saved["settings"]["decay"] == 1.0
+    resumed = make_trainer(
+        f"trainer.default_local_dir={tmp_path}",
+        "+e3.min_per_prompt=3",
+        "+e3.decay=0.5",
+        "+e3.kp=0.3",
+        "+e3.max_temperature=1.2",
+        prompts=PROMPTS,
+    )
+    with caplog.at_level("WARNING", logger=trainer_module.__name__):
+        resumed._load_checkpoint()
+    sched, before = resumed.e3_scheduler, first.e3_scheduler
+    assert sched.step == before.step == 4  # state: the checkpoint's
+    assert sched.tracker.ids == before.tracker.ids
+    assert sched.min_per_prompt == 3 and sched.tracker.decay == 0.5  # settings: the config's
+    assert sched.controller.kp == 0.3 and sched.temperature <= 1.2
+    assert sched.controller.integral == before.controller.integral
+    assert resumed.config.actor_rollout_ref.rollout.temperature == sched.temperature
+    messages = [r.getMessage() for r in caplog.records if "differ from the checkpoint" in r.message]
+    assert len(messages) == 1
+    for text in ("e3.min_per_prompt: 1 -> 3", "e3.decay: 1.0 -> 0.5", "e3.kp: 0.1 -> 0.3"):
+        assert text in messages[0]
+
+
+def test_a_changed_controller_kind_is_an_error_listing_the_differences(
+    make_trainer, monkeypatch, tmp_path
+):
+    _, path = _saved_after_steps(make_trainer, monkeypatch, tmp_path)
+    resumed = make_trainer(
+        f"trainer.default_local_dir={tmp_path}",
+        "+e3.controller=none",
+        "+e3.decay=0.9",
+        prompts=PROMPTS,
+    )
+    before = resumed.e3_scheduler.state_dict()
+    with pytest.raises(ValueError, match=r"e3\.controller='pi'") as info:
+        resumed._load_checkpoint()
+    text = str(info.value)
+    assert str(path) in text and "e3.resume_fresh=True" in text
+    assert "e3.controller: 'pi' -> 'none'" in text and "e3.decay: 1.0 -> 0.9" in text
+    assert resumed.e3_scheduler.state_dict() == before  # nothing was loaded
