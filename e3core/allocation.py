@@ -26,7 +26,6 @@ and adapters import instead of repeating the names: :data:`ALLOCATORS` (``"knaps
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -34,7 +33,7 @@ import numpy as np
 
 from e3core._registry import Registry
 from e3core._validation import check_int, check_rng
-from e3core.posteriors import PosteriorLike
+from e3core.posteriors import PosteriorLike, _exponent_table, _power_table
 
 __all__ = [
     "ALLOCATORS",
@@ -49,8 +48,9 @@ __all__ = [
 ]
 
 #: Knapsack values by name: each maps a posterior and rollout counts ``n`` to the marginal gain
-#: of the ``(n+1)``-th rollout (see :func:`_mixed_gains`, :func:`_info_gain_gains`).
-VALUES: Registry[Callable[[PosteriorLike, np.ndarray], np.ndarray]] = Registry("value")
+#: of the ``(n+1)``-th rollout, and builds the whole gain table in one pass (see
+#: :class:`_MomentSum`).
+VALUES: Registry[_MomentSum] = Registry("value")
 #: Allocator classes by name, in the order settings list them.
 ALLOCATORS: Registry[type[Allocator]] = Registry("allocator")
 # The knapsack builds a [B, n_max - n_min] table of marginal gains; above this many entries it
@@ -232,23 +232,78 @@ class RankAllocator(Allocator):
         return counts
 
 
-@VALUES.register("mixed")
-def _mixed_gains(posterior: PosteriorLike, n: np.ndarray) -> np.ndarray:
-    r"""Gain of the ``(n+1)``-th rollout for :math:`w = 1`: :math:`E[p^n(1-p) + p(1-p)^n]`."""
-    return posterior.moment(n, 1.0) + posterior.moment(1.0, n)
+@dataclass(frozen=True)
+class _MomentSum:
+    r"""A knapsack value's marginal gain, a sum of posterior moments in the rollout count ``n``.
+
+    Each term ``(a, b, c, d)`` is :math:`E[p^{a n + b} (1-p)^{c n + d}]`; calling the object
+    with a posterior and counts ``n`` gives the gain of the ``(n+1)``-th rollout per prompt,
+    :meth:`table` the ``[B, len(ns)]`` table of them in one pass.
+    """
+
+    terms: tuple[tuple[float, float, float, float], ...]
+
+    def __call__(self, posterior: PosteriorLike, n: np.ndarray) -> np.ndarray:
+        """Gains at counts ``n`` (broadcast with the batch), one ``moment`` call per term."""
+        out = None
+        for a, b, c, d in self.terms:
+            term = posterior.moment(a * n + b, c * n + d)
+            out = term if out is None else out + term
+        return out  # type: ignore[return-value]
+
+    def table(self, posterior: PosteriorLike, ns: np.ndarray) -> np.ndarray:
+        """``table[i, k]``: gain of prompt ``i`` going from ``ns[k]`` to ``ns[k] + 1`` rollouts.
+
+        One ``posterior.moment_table`` call (a matmul for a grid posterior) where the posterior
+        has it, else one :meth:`__call__` per column.
+        """
+        moment_table = getattr(posterior, "moment_table", None)
+        if moment_table is not None:
+            i = np.stack([a * ns + b for a, b, _, _ in self.terms])
+            j = np.stack([c * ns + d for _, _, c, d in self.terms])
+            return moment_table(i, j)  # type: ignore[no-any-return]
+        num = len(posterior)
+        cols = [self(posterior, np.full(num, n)) for n in ns]
+        return np.stack(cols, axis=1)
 
 
-@VALUES.register("info_gain")
-def _info_gain_gains(posterior: PosteriorLike, n: np.ndarray) -> np.ndarray:
-    r"""The same for :math:`w(p) = p(1-p)^2`: :math:`E[p^{n+1}(1-p)^3 + p^2(1-p)^{n+2}]`."""
-    return posterior.moment(n + 1.0, 3.0) + posterior.moment(2.0, n + 2.0)
+#: ``"mixed"``, :math:`w = 1`: :math:`E[p^n(1-p) + p(1-p)^n]`.
+_mixed_gains = VALUES.add("mixed", _MomentSum(((1.0, 0.0, 0.0, 1.0), (0.0, 1.0, 1.0, 0.0))))
+#: ``"info_gain"``, :math:`w(p) = p(1-p)^2`: :math:`E[p^{n+1}(1-p)^3 + p^2(1-p)^{n+2}]`.
+_info_gain_gains = VALUES.add("info_gain", _MomentSum(((1.0, 1.0, 0.0, 3.0), (0.0, 2.0, 1.0, 2.0))))
 
 
-_Gains = Callable[[PosteriorLike, np.ndarray], np.ndarray]
+def _top_counts(table: np.ndarray, spare: int, tiebreak: np.ndarray) -> np.ndarray:
+    """Per row, how many of the ``spare`` largest entries of ``table`` it holds.
+
+    The order is that of ``np.lexsort((cols, tiebreak[rows], -table.ravel()))`` (larger
+    entries first, ties to lower ``tiebreak``, then lower column, then earlier row), found with
+    one partition: entries above the ``spare``-th largest value are all taken, and only the
+    entries equal to it are sorted.
+    """
+    num, width = table.shape
+    flat = table.ravel()
+    rows = np.arange(num)
+    if np.isnan(flat).any():  # NaN sorts last; keep the full sort for that corner
+        all_rows = np.repeat(rows, width)
+        cols = np.tile(np.arange(width), num)
+        order = np.lexsort((cols, tiebreak[all_rows], -flat))
+        return np.bincount(all_rows[order[:spare]], minlength=num)
+    if spare >= flat.size:
+        return np.full(num, width, dtype=np.int64)
+    neg = -flat
+    threshold = np.partition(neg, spare - 1)[spare - 1]
+    above = neg < threshold
+    counts = above.reshape(num, width).sum(axis=1)
+    remaining = spare - int(counts.sum())
+    tied = np.flatnonzero(neg == threshold)  # ascending: rows, then columns
+    tied_rows, tied_cols = np.divmod(tied, width)
+    order = np.lexsort((tied_cols, tiebreak[tied_rows]))[:remaining]
+    return counts + np.bincount(tied_rows[order], minlength=num)
 
 
 def _greedy_fill(
-    posterior: PosteriorLike, budget: Budget, gains: _Gains, tiebreak: np.ndarray
+    posterior: PosteriorLike, budget: Budget, gains: _MomentSum, tiebreak: np.ndarray
 ) -> np.ndarray:
     """Start every prompt at ``min`` and spend the rest on the largest marginal gains.
 
@@ -266,33 +321,13 @@ def _greedy_fill(
     if num * width <= _TABLE_LIMIT:
         n_grid = n_min + np.arange(width, dtype=np.float64)
         # table[i, k] = gain of prompt i going from n_min + k to n_min + k + 1 rollouts
-        table = gains(_Columns(posterior, width), n_grid[None, :])  # type: ignore[arg-type]
-        flat = table.ravel()
-        rows = np.repeat(np.arange(num), width)
-        cols = np.tile(np.arange(width), num)
-        order = np.lexsort((cols, tiebreak[rows], -flat))
-        chosen = rows[order[:spare]]
-        counts += np.bincount(chosen, minlength=num)
-        return counts
+        table = gains.table(posterior, n_grid)
+        return counts + _top_counts(table, spare, tiebreak)
     return _bisect_fill(posterior, budget, gains, tiebreak)
 
 
-class _Columns:
-    """View of a batch posterior whose moments broadcast over a ``[B, K]`` grid of exponents."""
-
-    def __init__(self, posterior: PosteriorLike, width: int):
-        self._post = posterior
-        self._width = width
-
-    def moment(self, i: Any, j: Any) -> np.ndarray:
-        i_arr = np.broadcast_to(np.asarray(i, dtype=np.float64), (len(self._post), self._width))
-        j_arr = np.broadcast_to(np.asarray(j, dtype=np.float64), (len(self._post), self._width))
-        cols = [self._post.moment(i_arr[:, k], j_arr[:, k]) for k in range(self._width)]
-        return np.stack(cols, axis=1)
-
-
 def _bisect_fill(
-    posterior: PosteriorLike, budget: Budget, gains: _Gains, tiebreak: np.ndarray
+    posterior: PosteriorLike, budget: Budget, gains: _MomentSum, tiebreak: np.ndarray
 ) -> np.ndarray:
     """Greedy optimum for very wide bounds: bisect on the gain threshold, count per row."""
     num = len(posterior)
@@ -396,6 +431,10 @@ class _PointPosterior:
 
     def moment(self, i: Any, j: Any) -> np.ndarray:
         return np.power(self.p, i) * np.power(1.0 - self.p, j)
+
+    def moment_table(self, i: Any, j: Any) -> np.ndarray:
+        i_t, j_t = _exponent_table(i, j)
+        return _power_table(self.p, i_t, j_t)
 
 
 @dataclass(frozen=True)

@@ -444,11 +444,7 @@ class BetaDifficultyTracker:
         seen = (s + f) > 0
         if not seen.any():
             raise ValueError("fit_prior needs at least one tracked prompt with trials > 0")
-        # Counts at 0.01 resolution: exact for integer (undecayed) counts, and it bounds the
-        # number of distinct rows for decayed ones.
-        pairs = np.round(np.stack([s[seen], f[seen]], axis=1), 2)
-        uniq, weight = np.unique(pairs, axis=0, return_counts=True)
-        return uniq[:, 0], uniq[:, 1], weight.astype(np.float64)
+        return _count_histogram(s[seen], f[seen])
 
     def fit_prior(
         self,
@@ -571,6 +567,44 @@ class BetaDifficultyTracker:
             self._counts_changed()
 
         return commit
+
+
+#: Largest count times 100 that :func:`_count_histogram` keys as an integer (far below 2**53,
+#: so the scaled counts and their products with the key stride stay exact in int64).
+_KEY_LIMIT = 2.0**31
+
+
+def _count_histogram(s: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct ``(s, f)`` pairs at 0.01 resolution (sorted by s, then f) and their multiplicity.
+
+    Counts at 0.01 resolution are exact for integer (undecayed) counts and bound the number of
+    distinct rows for decayed ones. Equal to :func:`_count_histogram_pairs` (``np.unique`` over
+    rows), but each pair is keyed as one int64 ``round(100 s) * stride + round(100 f)``, so the
+    histogram is one sort of a 1-D integer array (about 30x faster at 1M prompts):
+    ``np.round(x, 2)`` is ``rint(100 x) / 100``, so the key order is the pairs' order and
+    ``k / 100`` rebuilds the rounded values bit for bit. Counts of 2**31 / 100 or more take the
+    row-wise path.
+    """
+    ks = np.rint(s * 100.0)
+    kf = np.rint(f * 100.0)
+    top_s = float(ks.max()) if len(ks) else 0.0
+    top_f = float(kf.max()) if len(kf) else 0.0
+    if not (top_s < _KEY_LIMIT and top_f < _KEY_LIMIT):
+        return _count_histogram_pairs(s, f)
+    stride = int(top_f) + 1
+    key = ks.astype(np.int64) * stride + kf.astype(np.int64)
+    uniq, weight = np.unique(key, return_counts=True)
+    key_s, key_f = np.divmod(uniq, stride)
+    return key_s / 100.0, key_f / 100.0, weight.astype(np.float64)
+
+
+def _count_histogram_pairs(
+    s: np.ndarray, f: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_count_histogram` by ``np.unique`` over the rounded rows (slower, any size)."""
+    pairs = np.round(np.stack([s, f], axis=1), 2)
+    uniq, weight = np.unique(pairs, axis=0, return_counts=True)
+    return uniq[:, 0], uniq[:, 1], weight.astype(np.float64)
 
 
 def _state_ids(name: str, value: Any) -> list[Hashable]:

@@ -69,6 +69,34 @@ def _check_rank(rank: Any, length: int) -> np.ndarray | None:
     return arr
 
 
+# The Beta moment table chains columns by exact ratios of Beta functions; a fresh betaln anchor
+# every this many columns bounds the rounding the chained products accumulate.
+_ANCHOR_EVERY = 64
+
+
+def _exponent_table(i: Any, j: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Exponents as ``[T, n]`` float arrays (``T`` summed terms of ``n`` columns each)."""
+    i_arr = np.asarray(i, dtype=np.float64)
+    j_arr = np.asarray(j, dtype=np.float64)
+    if i_arr.ndim > 2 or j_arr.ndim > 2:
+        raise ValueError(
+            f"moment_table exponents must be 1-D or 2-D, got shapes {i_arr.shape}, {j_arr.shape}"
+        )
+    shape = np.broadcast_shapes(np.atleast_2d(i_arr).shape, np.atleast_2d(j_arr).shape)
+    return np.broadcast_to(np.atleast_2d(i_arr), shape), np.broadcast_to(
+        np.atleast_2d(j_arr), shape
+    )
+
+
+def _power_table(rates: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    r"""``[len(rates), n]`` table of :math:`\sum_t r^{i_{tc}} (1-r)^{j_{tc}}` (``0**0 = 1``)."""
+    r = rates[:, None]
+    out = np.power(r, i[0]) * np.power(1.0 - r, j[0])
+    for t in range(1, len(i)):
+        out += np.power(r, i[t]) * np.power(1.0 - r, j[t])
+    return out
+
+
 def _mixed_from_moments(post: PosteriorLike, n: Any) -> np.ndarray:
     n_arr = np.asarray(n, dtype=np.float64)
     if not np.isfinite(n_arr).all() or (n_arr < 0).any():
@@ -147,6 +175,49 @@ class Posterior:
         )
         return np.exp(log_m)
 
+    def moment_table(self, i: Any, j: Any) -> np.ndarray:
+        r"""Return the ``[B, n]`` table :math:`\sum_t E[p^{i_{tc}}(1-p)^{j_{tc}}]` in one pass.
+
+        ``i`` and ``j`` are ``[n]`` or ``[T, n]`` exponents (``T`` terms summed per column);
+        column ``c`` equals ``sum(moment(i[t, c], j[t, c]) for t)`` up to rounding. Where a
+        column raises one exponent of the previous by exactly 1, it is the previous column
+        times the exact ratio :math:`B(\alpha+i+1,\beta+j)/B(\alpha+i,\beta+j) =
+        (\alpha+i)/(\alpha+\beta+i+j)` (likewise for ``j``); other columns, and every
+        64th, are evaluated with ``betaln`` as :meth:`moment` does.
+        """
+        i_t, j_t = _exponent_table(i, j)
+        a, b = self.alpha[:, None], self.beta[:, None]
+        log_norm = special.betaln(self.alpha, self.beta)[:, None]
+        out = np.zeros((len(self), i_t.shape[1]))
+        for i_row, j_row in zip(i_t, j_t, strict=True):
+            out += self._moment_chain(i_row, j_row, a, b, log_norm)
+        return out
+
+    @staticmethod
+    def _moment_chain(
+        i: np.ndarray, j: np.ndarray, a: np.ndarray, b: np.ndarray, log_norm: np.ndarray
+    ) -> np.ndarray:
+        """One term of :meth:`moment_table`: betaln anchors, exact ratios between them."""
+        n = len(i)
+        di, dj = np.diff(i), np.diff(j)
+        step_i = np.zeros(n, dtype=bool)  # column c is column c-1 with i raised by 1
+        step_i[1:] = (di == 1.0) & (dj == 0.0)
+        chained = step_i.copy()
+        chained[1:] |= (di == 0.0) & (dj == 1.0)
+        chained[::_ANCHOR_EVERY] = False
+        prev_i = np.concatenate((i[:1], i[:-1]))
+        prev_j = np.concatenate((j[:1], j[:-1]))
+        # every column as the ratio to its predecessor; anchors are overwritten below
+        table = np.where(step_i, a, b) + np.where(step_i, prev_i, prev_j)
+        table /= (a + b) + (prev_i + prev_j)
+        anchors = np.flatnonzero(~chained)
+        table[:, anchors] = np.exp(special.betaln(a + i[anchors], b + j[anchors]) - log_norm)
+        ends = np.append(anchors[1:], n)
+        for start, end in zip(anchors, ends, strict=True):
+            if end - start > 1:
+                np.cumprod(table[:, start:end], axis=1, out=table[:, start:end])
+        return table
+
     def expected_mixed(self, n: Any) -> np.ndarray:
         r"""Probability that ``n`` i.i.d. rollouts hold both a success and a failure.
 
@@ -220,6 +291,17 @@ class GridPosterior:
         # 0**0 = 1 by numpy's convention, which is the right limit here.
         vals = np.power(self.grid, i_b) * np.power(1.0 - self.grid, j_b)
         return (vals * self.weights).sum(axis=-1)
+
+    def moment_table(self, i: Any, j: Any) -> np.ndarray:
+        r"""Return the ``[B, n]`` table :math:`\sum_t E[p^{i_{tc}}(1-p)^{j_{tc}}]` as one matmul.
+
+        ``i`` and ``j`` are ``[n]`` or ``[T, n]`` exponents (``T`` terms summed per column): the
+        weights ``[B, K]`` times the ``[K, n]`` table of :math:`\sum_t g_k^{i_{tc}}
+        (1-g_k)^{j_{tc}}`. Column ``c`` equals ``sum(moment(i[t, c], j[t, c]) for t)`` up to
+        rounding.
+        """
+        i_t, j_t = _exponent_table(i, j)
+        return self.weights @ _power_table(self.grid, i_t, j_t)
 
     def expected_mixed(self, n: Any) -> np.ndarray:
         r"""Probability that ``n`` rollouts hold both outcomes: :math:`1 - E[p^n] - E[(1-p)^n]`."""

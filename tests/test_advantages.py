@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from e3core import group_advantages, group_loss_weights
+from e3core.advantages import group_codes
 
 
 def loop_reference(rewards, groups, baseline="mean", scale="std", eps=1e-6, clip=None):
@@ -81,6 +82,105 @@ def test_string_labels_like_verl_uids(data):
     np.testing.assert_allclose(
         group_advantages(np.array(rewards), labels),
         group_advantages(np.array(rewards), np.array(groups)),
+    )
+
+
+label_texts = st.text(st.characters(codec="utf-8"), max_size=12)
+"""Labels of mixed lengths, unicode (also astral), empty and NUL-ended strings."""
+
+
+@st.composite
+def labelled(draw):
+    """Rewards, distinct labels of one kind, and integer codes drawn with repeats."""
+    kind = draw(st.sampled_from(["str", "bytes", "int", "str array", "bytes array"]))
+    if kind.startswith("str"):
+        distinct = draw(st.lists(label_texts, min_size=1, max_size=8, unique=True))
+    elif kind.startswith("bytes"):
+        texts = draw(st.lists(label_texts, min_size=1, max_size=8, unique=True))
+        distinct = list(dict.fromkeys(t.encode() for t in texts))
+    else:
+        distinct = draw(st.lists(st.integers(-(10**30), 10**30), min_size=1, unique=True))
+    if kind.endswith("array"):  # numpy strips trailing NULs: keep only labels it keeps
+        distinct = [d for d in distinct if not d.endswith(b"\0" if kind[0] == "b" else "\0")]
+        distinct = distinct or (["x"] if kind[0] == "s" else [b"x"])
+    n = draw(st.integers(1, 40))
+    codes = draw(st.lists(st.integers(0, len(distinct) - 1), min_size=n, max_size=n))
+    rewards = draw(st.lists(st.sampled_from([0.0, 1.0, 0.25]), min_size=n, max_size=n))
+    labels = [distinct[c] for c in codes]
+    if kind.endswith("array"):
+        arr = np.array(labels)
+        assert arr.dtype.kind in "US"
+    else:
+        arr = np.empty(n, dtype=object)
+        arr[:] = labels
+    return np.array(rewards), arr, np.array(codes)
+
+
+@given(data=labelled(), opts=options)
+def test_string_and_object_labels_equal_their_integer_codes(data, opts):
+    rewards, labels, codes = data
+    if opts["eps"] == 0.0 and opts["scale"] == "std":
+        opts = {**opts, "eps": 1e-6}
+    want = group_advantages(rewards, codes, **opts)
+    np.testing.assert_array_equal(group_advantages(rewards, labels, **opts), want)
+    if not isinstance(labels[0], int):  # np.asarray makes a list of huge ints float
+        np.testing.assert_array_equal(group_advantages(rewards, labels.tolist(), **opts), want)
+    got_t = group_advantages(torch.tensor(rewards), labels, **opts)
+    np.testing.assert_array_equal(
+        got_t.numpy(), group_advantages(torch.tensor(rewards), codes, **opts).numpy()
+    )
+    for mode in ("sample", "prompt"):
+        np.testing.assert_array_equal(
+            group_loss_weights(labels, mode), group_loss_weights(codes, mode)
+        )
+    # group_codes keeps np.unique's order: rank among the sorted distinct labels
+    uniq, inverse = np.unique(labels, return_inverse=True)
+    got, num = group_codes(labels)
+    np.testing.assert_array_equal(got, inverse)
+    assert num == len(uniq)
+    assert got.dtype == np.int64 and got.flags.writeable
+
+
+def test_uid_strings_as_distinct_objects_and_uuids():
+    import uuid
+
+    rng = np.random.default_rng(0)
+    groups = rng.integers(0, 300, 5000)
+    uids = [str(uuid.UUID(int=int(g) * 7919)) for g in range(300)]
+    labels = np.array(["".join(uids[g]) for g in groups], dtype=object)  # equal, not identical
+    rewards = rng.random(5000).round(1)
+    np.testing.assert_array_equal(
+        group_advantages(rewards, labels), group_advantages(rewards, groups)
+    )
+    np.testing.assert_array_equal(group_codes(labels)[0], np.unique(labels, return_inverse=True)[1])
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        [True, False, True],  # bool objects: as np.unique
+        [1.5, 2.5, 1.5],  # float objects
+        [1, 2.0, 1.0],  # ints equal to floats
+        [(1, 2), (3,), (1, 2)],  # tuples
+        ["a", b"a", "a"],  # mixed: np.unique's TypeError
+        ["a", 1, "a"],
+    ],
+)
+def test_other_object_labels_are_handled_as_before(labels):
+    arr = np.empty(len(labels), dtype=object)
+    arr[:] = labels
+    rewards = np.array([1.0, 0.0, 0.0])
+    try:
+        _, inverse = np.unique(arr, return_inverse=True)
+    except TypeError:
+        with pytest.raises(TypeError, match="comparable labels"):
+            group_advantages(rewards, arr)
+        with pytest.raises(TypeError, match="comparable labels"):
+            group_codes(arr)
+        return
+    np.testing.assert_array_equal(group_codes(arr)[0], inverse.reshape(-1))
+    np.testing.assert_array_equal(
+        group_advantages(rewards, arr), group_advantages(rewards, inverse.reshape(-1))
     )
 
 

@@ -327,3 +327,81 @@ def test_thompson_is_the_knapsack_valued_on_a_draw(value, cells, n_min, extra, s
     assert isinstance(thompson, KnapsackAllocator)
     got = thompson.allocate(post, budget, rng=np.random.default_rng(seed))
     np.testing.assert_array_equal(got, KnapsackAllocator(value).allocate(post, budget))
+
+
+def per_n_moment_table(post, value, ns):
+    """The old gain table: one ``moment`` call per term per column (the plain path)."""
+    gains = allocation_module.VALUES.get(value)
+    return np.stack([gains(post, np.full(len(post), n)) for n in ns], axis=1)
+
+
+@st.composite
+def any_posteriors(draw, max_prompts=12):
+    num = draw(st.integers(1, max_prompts))
+    if draw(st.booleans()):
+        wide = st.floats(0.01, 1000.0)
+        alpha = draw(st.lists(wide, min_size=num, max_size=num))
+        beta = draw(st.lists(wide, min_size=num, max_size=num))
+        return Posterior(alpha, beta)
+    k = draw(st.integers(2, 30))
+    grid = (
+        np.linspace(0.0, 1.0, k)
+        if draw(st.booleans())
+        else np.sort(np.unique(draw(st.lists(st.floats(0.0, 1.0), min_size=2, max_size=k))))
+    )
+    assume(len(grid) >= 2)
+    raw = np.array(
+        draw(st.lists(st.floats(0.0, 1.0), min_size=num * len(grid), max_size=num * len(grid)))
+    ).reshape(num, len(grid))
+    raw[:, 0] += 1e-3  # rows never all zero
+    return GridPosterior(grid, raw / raw.sum(axis=1, keepdims=True))
+
+
+@pytest.mark.parametrize("value", ["mixed", "info_gain"])
+@given(post=any_posteriors(), n_min=st.integers(1, 4), width=st.integers(1, 140))
+def test_gain_table_equals_the_per_n_moment_path(value, post, n_min, width):
+    # the one-pass table (a matmul for a grid, chained Beta ratios) equals per-column moments
+    ns = n_min + np.arange(width, dtype=np.float64)
+    fast = allocation_module.VALUES.get(value).table(post, ns)
+    assert fast.shape == (len(post), width)
+    np.testing.assert_allclose(fast, per_n_moment_table(post, value, ns), rtol=1e-12, atol=1e-12)
+
+
+@given(
+    post=any_posteriors(),
+    exps=st.lists(st.tuples(st.floats(0.0, 20.0), st.floats(0.0, 20.0)), min_size=1, max_size=9),
+)
+def test_moment_table_with_irregular_exponents(post, exps):
+    # columns that do not raise one exponent by exactly 1 are evaluated directly
+    i = np.array([e[0] for e in exps])
+    j = np.array([e[1] for e in exps])
+    want = np.stack([post.moment(i[c], j[c]) + post.moment(j[c], i[c]) for c in range(len(i))], 1)
+    got = post.moment_table(np.stack([i, j]), np.stack([j, i]))
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@given(
+    cells=st.lists(st.integers(0, 3), min_size=1, max_size=60),
+    width=st.integers(1, 6),
+    ties=st.lists(st.integers(0, 2), min_size=60, max_size=60),
+    data=st.data(),
+)
+def test_top_counts_match_the_full_lexsort(cells, width, ties, data):
+    # a table full of ties: the partition + tie sort equals the full lexsort of the old code
+    num = max(1, len(cells) // width)
+    table = np.array(cells[: num * width] + [0] * (num * width - len(cells[: num * width])))
+    table = table.reshape(num, width).astype(np.float64)
+    tiebreak = np.array(ties[:num], dtype=np.float64)
+    spare = data.draw(st.integers(1, num * width))
+    flat = table.ravel()
+    rows = np.repeat(np.arange(num), width)
+    cols = np.tile(np.arange(width), num)
+    order = np.lexsort((cols, tiebreak[rows], -flat))
+    want = np.bincount(rows[order[:spare]], minlength=num)
+    got = allocation_module._top_counts(table, spare, tiebreak)
+    np.testing.assert_array_equal(got, want)
+    table[0, 0] = np.nan  # the NaN corner keeps the full sort
+    flat = table.ravel()
+    order = np.lexsort((cols, tiebreak[rows], -flat))
+    want = np.bincount(rows[order[:spare]], minlength=num)
+    np.testing.assert_array_equal(allocation_module._top_counts(table, spare, tiebreak), want)

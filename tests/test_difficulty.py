@@ -278,6 +278,55 @@ def test_fit_prior_errors():
         tracker.fit_prior("grid", grid_size=2)
 
 
+def _histogram_by_row_unique(s, f):
+    """The fit histogram as it was built before the int64 keys: np.unique over rounded rows."""
+    pairs = np.round(np.stack([s, f], axis=1), 2)
+    uniq, weight = np.unique(pairs, axis=0, return_counts=True)
+    return uniq[:, 0], uniq[:, 1], weight.astype(np.float64)
+
+
+count_values = st.one_of(
+    st.integers(0, 40).map(float),
+    st.floats(0.0, 60.0, allow_nan=False, allow_infinity=False),
+    st.sampled_from([0.005, 0.015, 0.125, 2.675, 1e-9, 7.0 * 0.9**3]),
+)
+
+
+@given(
+    pairs=st.lists(st.tuples(count_values, count_values), min_size=1, max_size=60),
+    huge=st.booleans(),
+)
+def test_fit_histogram_equals_row_unique_path(pairs, huge):
+    s = np.array([a for a, _ in pairs])
+    f = np.array([b for _, b in pairs])
+    if huge:  # beyond the int64 key range: the row-wise fallback
+        s[0] = 3e8
+    fast = difficulty._count_histogram(s, f)
+    for got, want in zip(fast, _histogram_by_row_unique(s, f), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert fast[2].sum() == len(s)
+
+
+@given(calls=calls, decay=st.sampled_from([1.0, 0.9, 0.37]), kind=st.sampled_from(["beta", "grid"]))
+def test_fit_prior_equals_the_row_unique_histogram_fit(calls, decay, kind):
+    tracker = BetaDifficultyTracker(decay=decay)
+    for call in calls:
+        tracker.update([i for i, _, _ in call], [s for _, s, _ in call], [t for *_, t in call])
+    s, f = tracker.counts(tracker.ids)
+    seen = (s + f) > 0
+    if not seen.any():
+        return
+    hs, hf, hc = _histogram_by_row_unique(s[seen], f[seen])
+    if kind == "beta":
+        want = fit_beta_prior(hs, hf, hc, start=BetaPrior()).state_dict()
+    else:
+        want = fit_grid_prior(hs, hf, hc, grid_size=11).state_dict()
+    got = tracker.fit_prior(kind, grid_size=11)
+    assert got.pop("kind") == want.pop("kind") == kind
+    for key, value in want.items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-12, atol=1e-12)
+
+
 @given(calls=calls, decay=st.floats(0.1, 1.0), grid=st.booleans())
 def test_state_round_trip_is_exact(calls, decay, grid):
     tracker = BetaDifficultyTracker(0.5, 2.0, decay)
