@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_torch_save"]
+__all__ = ["atomic_torch_save", "load_state_file"]
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
@@ -45,3 +45,31 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
         pass
     finally:
         os.close(dir_fd)
+
+
+def load_state_file(path: str | os.PathLike[str], *, fresh_option: str) -> Any:
+    """Read an E3 state file written by :func:`atomic_torch_save` (``weights_only=True``).
+
+    Args:
+        path: The state file.
+        fresh_option: How the user spells the opt-out that starts the scheduler afresh
+            (``e3_resume_fresh=True``, ``e3.resume_fresh=true``), for the messages.
+
+    Raises:
+        FileNotFoundError: The file does not exist (a checkpoint without E3 state).
+        ValueError: The file is corrupt, truncated or not a torch file.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path} does not exist: the checkpoint has no E3 state (a checkpoint of plain "
+            f"GRPO, or one written before its E3 state). Set {fresh_option} to resume it with "
+            "a fresh E3 scheduler (step, epoch, counts, prior and temperature start anew)"
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: torch raises many kinds
+        raise ValueError(
+            f"{path} cannot be read as an E3 state ({type(exc).__name__}: {exc}); it is "
+            f"corrupt or truncated: resume from another checkpoint, or set {fresh_option} to "
+            "start the E3 scheduler afresh"
+        ) from exc

@@ -55,7 +55,7 @@ from trl.trainer.utils import RepeatSampler
 from e3core.adapters.trl.config import PREFIX, TRL_NAMES, E3GRPOConfig, e3_settings
 from e3core.adapters.trl.history import HistoryCsv
 from e3core.advantages import group_advantages, group_loss_weights
-from e3core.checkpoint_io import atomic_torch_save
+from e3core.checkpoint_io import atomic_torch_save, load_state_file
 from e3core.prompt_keys import prompt_key
 from e3core.resume import load_scheduler_state
 from e3core.scheduler import E3Scheduler
@@ -944,21 +944,7 @@ class E3GRPOTrainer(GRPOTrainer):
                 "e3_resume_fresh=True: the E3 scheduler starts fresh, %s is not read", path
             )
             return
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"{path} does not exist: the checkpoint has no E3 state (a checkpoint of plain "
-                "GRPO, or one written before its E3 state). Set e3_resume_fresh=True to resume "
-                "it with a fresh E3 scheduler (step, epoch, counts, prior and temperature "
-                "start anew)"
-            )
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # a truncated or foreign file: torch raises many kinds
-            raise ValueError(
-                f"{path} cannot be read as an E3 state ({type(exc).__name__}: {exc}); it is "
-                "corrupt or truncated: resume from another checkpoint, or set "
-                "e3_resume_fresh=True to start the E3 scheduler afresh"
-            ) from exc
+        state = load_state_file(path, fresh_option="e3_resume_fresh=True")
         if not isinstance(state, Mapping):
             raise ValueError(f"{path} holds a {type(state).__name__}, not an E3 state (a dict)")
         try:

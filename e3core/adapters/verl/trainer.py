@@ -52,7 +52,7 @@ from e3core.adapters.verl.rollout import (
     TEMPERATURE_FIELD,
     E3AgentLoopManager,
 )
-from e3core.checkpoint_io import atomic_torch_save
+from e3core.checkpoint_io import atomic_torch_save, load_state_file
 from e3core.prompt_keys import prompt_key
 from e3core.resume import load_scheduler_state
 from e3core.scheduler import E3Scheduler
@@ -377,21 +377,7 @@ class E3PPOTrainerSync(PPOTrainerSync):
                 "e3.resume_fresh=true: the E3 scheduler starts afresh, %s is not read", path
             )
             return result
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"{path} does not exist: the checkpoint has no E3 state (a checkpoint of plain "
-                "GRPO, or one written before its E3 state). Set e3.resume_fresh=true to resume "
-                "it with a fresh E3 scheduler (step, epoch, counts, prior and temperature start "
-                "anew)"
-            )
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # a truncated or foreign file: torch raises many kinds
-            raise ValueError(
-                f"{path} cannot be read as an E3 state ({type(exc).__name__}: {exc}); it is "
-                "corrupt or truncated: resume from another checkpoint, or set "
-                "e3.resume_fresh=true to start the E3 scheduler afresh"
-            ) from exc
+        state = load_state_file(path, fresh_option="e3.resume_fresh=true")
         try:
             self.e3_load_state_dict(state)
         except (ValueError, TypeError, KeyError) as exc:
